@@ -1,0 +1,1 @@
+"""Kubernetes cluster provisioner: inventory -> render -> probe -> plan -> apply, phase by phase."""

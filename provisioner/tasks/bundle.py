@@ -1,0 +1,3 @@
+"""`invoke bundle.*` tasks."""
+
+from invoke import task

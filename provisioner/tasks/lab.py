@@ -1,0 +1,3 @@
+"""`invoke lab.*` tasks."""
+
+from invoke import task
