@@ -1,0 +1,223 @@
+"""Cluster actions: render -> connect -> probe -> preflight -> plan -> apply, phase by phase.
+
+`plan` stops after deciding per phase which hosts have work (the dry run). `up` applies those
+phases in order: files are pushed over the one SSH connection per host (only those whose
+checksum differs), then the phase's playbook runs on just the hosts with work, then those hosts
+are probed again and the phase must report nothing left to do.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from . import bundle as bundles
+from . import facts as host_facts
+from . import phases as ph
+from . import pki, preflight, render, runner
+from .errors import UserError
+from .model import Cluster
+from .state import State, write_secret
+
+BINARY_PATHS = {"kubeadm": "/usr/local/bin/kubeadm", "kubelet": "/usr/local/bin/kubelet",
+                "kubectl": "/usr/local/bin/kubectl", "crictl": "/usr/local/bin/crictl",
+                "k3s": "/usr/local/bin/k3s"}
+
+
+class PhaseFailed(UserError):
+    pass
+
+
+class BundleMissing(UserError):
+    pass
+
+
+@dataclass
+class Run:
+    """One action on one cluster: the state folder, the SSH pool and the phase context."""
+
+    cluster: Cluster
+    state: State
+    ctx: ph.Context
+    pool: object = None
+    progress: object = None
+
+    # -- building the context ------------------------------------------------------------------
+    @classmethod
+    def prepare(cls, cluster: Cluster, bundle_dir: str | None = None, progress=None) -> "Run":
+        state = State(cluster)
+        secrets = dict(state.secrets())
+        placed = pki.ensure(cluster, state)
+        if (h := pki.join_hash(state)) is not None:
+            secrets["ca_cert_hash"] = h
+        items: dict[str, dict[str, list[ph.Item]]] = {n.name: {} for n in cluster.nodes}
+        for host, files in render.render(cluster, secrets).items():
+            for path, f in files.items():
+                items[host].setdefault(f.phase, []).append(
+                    ph.Item(path, f.content, f.mode, tuple(f.restart)))
+        for host, files in placed.items():
+            for path, (data, mode) in files.items():
+                restart = ("etcd",) if path.startswith("/etc/etcd/") else ()
+                items[host].setdefault("pki", []).append(ph.Item(path, data, mode, restart))
+        found = bundles.locate(cluster, Path(bundle_dir) if bundle_dir else None)
+        if found is not None:
+            binaries = _binary_items(found)
+            for node in ph.kube_nodes(cluster):
+                items[node.name].setdefault("binaries", []).extend(binaries)
+        ctx = ph.Context(cluster, items, facts={}, bundle=found)
+        ctx.local["kubeconfig"] = state.kubeconfig.exists()
+        return cls(cluster, state, ctx, progress=progress)
+
+    # -- talking to hosts ----------------------------------------------------------------------
+    def connect(self, trust_new: bool = False) -> None:
+        from .ssh import Pool
+
+        self.state.dir.mkdir(parents=True, exist_ok=True)
+        self.pool = Pool(self.cluster.nodes, self.state.known_hosts, trust_new=trust_new)
+
+    def probe(self, names=None) -> None:
+        names = names or [n.name for n in self.cluster.nodes]
+        paths = {}
+        for name in names:
+            wanted = [i.path for items in self.ctx.items[name].values() for i in items]
+            wanted += [m for p in ph.UP for m in p.markers] + [p.stamp_path for p in ph.UP]
+            paths[name] = sorted(set(wanted))
+        self.ctx.facts.update(host_facts.probe(self.pool, paths, services=ph.SERVICES))
+
+    def preflight(self) -> None:
+        problems = preflight.check(self.cluster, self.ctx.facts)
+        if problems:
+            raise UserError(preflight.report(problems))
+
+    # -- plan and apply --------------------------------------------------------------------------
+    def plan(self, phases=ph.UP) -> list[tuple[ph.Phase, dict[str, list[str]]]]:
+        return [(p, p.work(self.ctx)) for p in phases]
+
+    def apply(self, phase: ph.Phase, work: dict[str, list[str]]) -> None:
+        if phase.needs_bundle and self.ctx.bundle is None:
+            raise BundleMissing(bundles.missing_message(self.cluster))
+        nodes = [self.cluster.node(h) for h in work]
+        pushed = self._push(phase, nodes)
+        restart = {n.name: self._restart_units(phase, n, pushed.get(n.name, {})) for n in nodes}
+        if phase.name == "kubeconfig":
+            self._fetch_kubeconfig()
+        elif phase.playbook:
+            batches = [[n] for n in nodes] if phase.serial else [nodes]
+            for batch in batches:
+                result = runner.run_playbook(
+                    self.cluster, phase.playbook, batch,
+                    extravars={"phase": phase.name, **playbook_vars(self.cluster)},
+                    hostvars={n.name: {"changed_files": sorted(pushed.get(n.name, {})),
+                                       "phase_files": sorted(
+                                           i.path for i in self.ctx.files(n, phase.name)),
+                                       "restart_units": restart[n.name]}
+                              for n in batch},
+                    state_dir=self.state.dir, known_hosts=self.state.known_hosts,
+                    progress=self.progress, phase=phase.name)
+                if not result.ok:
+                    lines = [f"  {h}: {task}: {msg}" for h, task, msg in result.failures]
+                    raise PhaseFailed(f"phase {phase.name} failed:\n" + "\n".join(lines)
+                                      + f"\nfull log: {result.log_path}\n"
+                                      f"fix the cause, then rerun (or `--from {phase.name}`)")
+            stamps = {n.name: {phase.stamp_path: (phase.stamp(self.ctx, n), 0o644)}
+                      for n in nodes if phase.stamped(self.ctx, n)}
+            if stamps:
+                self.pool.put_many(stamps)
+        self.probe([n.name for n in nodes])
+        left = {h: p for h, p in phase.work(self.ctx).items() if h in work}
+        if left:
+            raise PhaseFailed(f"phase {phase.name} did not converge: " + "; ".join(
+                f"{h}: {', '.join(p)}" for h, p in left.items()))
+
+    def _restart_units(self, phase: ph.Phase, node, pushed: dict) -> list[str]:
+        """Units whose files changed now; after a run that stopped between pushing and
+        restarting (stamp differs, nothing to push), every unit of the phase on that host."""
+        if pushed:
+            items = pushed.values()
+        elif phase.interrupted(self.ctx, node):
+            items = self.ctx.files(node, phase.name)
+        else:
+            items = []
+        return sorted({u for i in items for u in i.restart})
+
+    def _push(self, phase: ph.Phase, nodes) -> dict[str, dict[str, ph.Item]]:
+        todo: dict[str, dict[str, ph.Item]] = {}
+        for n in nodes:
+            have = self.ctx.facts[n.name].files
+            todo[n.name] = {i.path: i for i in self.ctx.files(n, phase.name)
+                            if have.get(i.path) != i.sha256}
+        todo = {h: items for h, items in todo.items() if items}
+        if todo:
+            self.pool.put_many({h: {p: (i.data, i.mode) for p, i in items.items()}
+                                for h, items in todo.items()})
+        return todo
+
+    def _fetch_kubeconfig(self) -> None:
+        first = self.cluster.first_control_plane.name
+        src = "/etc/rancher/k3s/k3s.yaml" if self.cluster.is_k3s else ph.ADMIN_CONF
+        result = self.pool.run(f"cat {src}", hosts=[first])[first]
+        if result.rc != 0:
+            raise PhaseFailed(f"{first}: cannot read {src}: {result.stderr.strip()[:200]}")
+        config = yaml.safe_load(result.stdout)
+        for entry in config.get("clusters", []):
+            entry["cluster"]["server"] = self.cluster.kubeconfig_server
+        write_secret(self.state.kubeconfig, yaml.safe_dump(config).encode())
+        self.ctx.local["kubeconfig"] = True
+
+
+def playbook_vars(cluster: Cluster) -> dict:
+    """Cluster settings the playbooks read (never secrets: those travel in 0600 files)."""
+    return {
+        "cluster_name": cluster.cluster_name,
+        "distribution": cluster.distribution,
+        "kubernetes_version": cluster.kubernetes_version,
+        "ha_mode": cluster.ha_mode,
+        "cni": cluster.cni,
+        "api_endpoint": cluster.api_endpoint,
+        "first_control_plane": cluster.first_control_plane.name,
+        "etcd_endpoints": ",".join(cluster.etcd_endpoints),
+    }
+
+
+def _binary_items(found) -> list[ph.Item]:
+    items = []
+    for name, (path, _sha) in sorted(found.files.items()):
+        if name in BINARY_PATHS:
+            items.append(ph.Item(BINARY_PATHS[name], Path(path).read_bytes(), 0o755))
+        elif name.startswith("cni-plugins/") and not name.endswith((".md", ".txt")):
+            items.append(ph.Item("/opt/cni/bin/" + name.split("/", 1)[1],
+                                 Path(path).read_bytes(), 0o755))
+    return items
+
+
+def phases_from(start: str | None, phases=ph.UP) -> list[ph.Phase]:
+    if start is None:
+        return list(phases)
+    names = [p.name for p in phases]
+    if start not in names:
+        raise UserError(f"--from {start}: no such phase; phases are: {', '.join(names)}")
+    return list(phases[names.index(start):])
+
+
+def up(cluster: Cluster, bundle_dir=None, start=None, dry_run=False, trust_new=False,
+       progress=None) -> list[tuple[ph.Phase, dict[str, list[str]]]]:
+    """Converge the cluster. Returns what each phase did (or, with dry_run, would do)."""
+    phases = phases_from(start)
+    run = Run.prepare(cluster, bundle_dir, progress=progress)
+    with run.state.lock():
+        run.connect(trust_new)
+        run.probe()
+        run.preflight()
+        if dry_run:
+            return run.plan(phases)
+        done = []
+        for phase in phases:
+            work = phase.work(run.ctx)  # fresh: earlier phases changed the facts
+            if progress:
+                progress.phase(phase.name, sorted(work))
+            if work:
+                run.apply(phase, work)
+            done.append((phase, work))
+        return done
