@@ -221,3 +221,34 @@ def up(cluster: Cluster, bundle_dir=None, start=None, dry_run=False, trust_new=F
                 run.apply(phase, work)
             done.append((phase, work))
         return done
+
+
+def status(cluster: Cluster, trust_new=False) -> dict:
+    """Facts of every host (services, binaries, reachability), read in one round trip each."""
+    run = Run.prepare(cluster)
+    run.connect(trust_new)
+    run.probe()
+    return run.ctx.facts
+
+
+def smoke(cluster: Cluster, say=print) -> None:
+    from . import smoke as checks
+
+    run = Run.prepare(cluster)
+    run.connect()
+    checks.run(cluster, run.pool, say=say)
+
+
+def reset(cluster: Cluster, progress=None) -> None:
+    """Remove the cluster from its hosts (playbooks/99-reset.yml); keeps PKI and secrets."""
+    run = Run.prepare(cluster, progress=progress)
+    with run.state.lock():
+        run.connect()
+        result = runner.run_playbook(cluster, "99-reset.yml", list(cluster.nodes),
+                                     extravars=playbook_vars(cluster), hostvars=None,
+                                     state_dir=run.state.dir, known_hosts=run.state.known_hosts,
+                                     progress=progress, phase="reset")
+        if not result.ok:
+            raise PhaseFailed("reset failed:\n" + "\n".join(
+                f"  {h}: {t}: {m}" for h, t, m in result.failures) + f"\nlog: {result.log_path}")
+        run.state.kubeconfig.unlink(missing_ok=True)
