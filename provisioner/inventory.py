@@ -100,6 +100,7 @@ class Located:
     def __init__(self, path: str, text: str):
         self.path = path
         self.lines: dict[tuple, int] = {}
+        self._constructor = yaml.constructor.SafeConstructor()
         node = yaml.compose(text, Loader=yaml.SafeLoader)
         self.data = self._build(node, ()) if node is not None else None
 
@@ -108,15 +109,19 @@ class Located:
         if isinstance(node, yaml.MappingNode):
             out: dict = {}
             for key_node, value_node in node.value:
-                key = _scalar(key_node) if isinstance(key_node, yaml.ScalarNode) else "?"
-                self.lines[at + (key,)] = key_node.start_mark.line + 1
+                key = self._scalar(key_node) if isinstance(key_node, yaml.ScalarNode) else "?"
                 if key in out:
-                    raise _Duplicate(key, key_node.start_mark.line + 1, at)
+                    raise _Duplicate(key, key_node.start_mark.line + 1, at,
+                                     self.lines[at + (key,)])
+                self.lines[at + (key,)] = key_node.start_mark.line + 1
                 out[key] = self._build(value_node, at + (key,))
             return out
         if isinstance(node, yaml.SequenceNode):
             return [self._build(v, at + (i,)) for i, v in enumerate(node.value)]
-        return _scalar(node)
+        return self._scalar(node)
+
+    def _scalar(self, node: yaml.Node) -> Any:
+        return self._constructor.construct_object(node, deep=True)
 
     def line(self, *at) -> int:
         """Line of the longest known prefix of `at` (a missing key points at its parent)."""
@@ -126,20 +131,18 @@ class Located:
 
 
 class _Duplicate(Exception):
-    def __init__(self, key, line, at):
-        self.key, self.line, self.at = key, line, at
-
-
-def _scalar(node: yaml.Node) -> Any:
-    loader = yaml.SafeLoader("")
-    try:
-        return loader.construct_object(node, deep=True)
-    finally:
-        loader.dispose()
+    def __init__(self, key, line, at, first):
+        self.key, self.line, self.at, self.first = key, line, at, first
 
 
 def dotted(at: tuple) -> str:
-    return ".".join(str(p) for p in at)
+    """`all.vars.pod_cidr`; stops before a part with spaces so the key stays one word."""
+    parts = []
+    for p in at:
+        if not str(p) or any(ch.isspace() for ch in str(p)):
+            break
+        parts.append(str(p))
+    return ".".join(parts) or "inventory"
 
 
 def suggest(word: str, known) -> str:
@@ -157,6 +160,20 @@ def _type_ok(value: Any, want) -> bool:
     return isinstance(value, want)
 
 
+def _type_problem(value: Any, want) -> tuple[str, str]:
+    """(message, fix) for a value of the wrong type, with the YAML pitfall behind it if any."""
+    message = f"must be {TYPE_NAMES[want]}, got {value!r}"
+    if want is str and isinstance(value, bool):
+        return message, "YAML reads yes/no/on/off/true/false as true or false: quote the value"
+    if want is str and isinstance(value, (int, float)):
+        return message, f"quote it: '{value}'"
+    if want is int and isinstance(value, str) and value.strip().isdigit():
+        return message, f"write it without quotes: {value.strip()}"
+    if want is list and isinstance(value, str):
+        return message, f"write it as a list: [{value}]"
+    return message, f"write it as {TYPE_NAMES[want]}"
+
+
 # ---------------------------------------------------------------------------------------------
 # Loading
 # ---------------------------------------------------------------------------------------------
@@ -164,20 +181,42 @@ def _type_ok(value: Any, want) -> bool:
 
 @dataclass
 class Where:
-    """Maps a setting or a host key to the `(dotted key, line)` a problem should name."""
+    """Maps a setting, a host key or a group to the `(dotted key, line)` a problem should name.
+
+    A key that is not in the file is named under the block it belongs in and gets the line of
+    that block (a missing setting: the `cluster:` block if there is one, else `all.vars`).
+    """
 
     doc: Located
     setting_paths: dict[str, tuple]
     host_paths: dict[str, tuple]
 
-    def setting(self, key: str) -> tuple[str, int]:
-        at = self.setting_paths.get(key, ("all", "vars", key))
+    def _at(self, at: tuple) -> tuple[str, int]:
         return dotted(at), self.doc.line(*at)
 
-    def host(self, name: str, key: str | None = None) -> tuple[str, int]:
+    def setting(self, key: str, *sub) -> tuple[str, int]:
+        at = self.setting_paths.get(key)
+        if at is None:
+            block = ("all", "vars", "cluster")
+            at = (block if block in self.doc.lines else ("all", "vars")) + (key,)
+        return self._at(at + sub)
+
+    def host(self, name: str, key: str | None = None, *sub) -> tuple[str, int]:
+        """The host's own `key`; a connection variable it inherits from all.vars is named there."""
         at = self.host_paths.get(name, ("all", "children"))
-        at = at + (key,) if key else at
-        return dotted(at), self.doc.line(*at)
+        if key is None:
+            return self._at(at)
+        if at + (key,) not in self.doc.lines and key in self.setting_paths:
+            return self._at(self.setting_paths[key] + sub)
+        return self._at(at + (key,) + sub)
+
+    def host_sets(self, name: str, key: str) -> bool:
+        """Whether the file gives `key` to this host (on the host or in all.vars)."""
+        at = self.host_paths.get(name, ())
+        return at + (key,) in self.doc.lines or key in self.setting_paths
+
+    def group(self, name: str) -> tuple[str, int]:
+        return self._at(("all", "children", name))
 
 
 class _Collector:
@@ -199,12 +238,38 @@ def read(path: str | os.PathLike) -> Located:
         return Located(path, text)
     except _Duplicate as d:
         raise InvalidInventory([Problem(path, d.line, dotted(d.at + (d.key,)),
-                                        "key appears twice", "keep one of them")]) from None
+                                        f"key appears twice (first on line {d.first})",
+                                        "keep one of them")]) from None
     except yaml.MarkedYAMLError as e:
-        mark = e.problem_mark or e.context_mark
-        line = mark.line + 1 if mark else 0
-        raise InvalidInventory([Problem(path, line, "yaml", f"not valid YAML: {e.problem}",
-                                        "fix the indentation or quoting on that line")]) from None
+        line, message, fix = _yaml_error(e, text)
+        raise InvalidInventory([Problem(path, line, "yaml", message, fix)]) from None
+
+
+def _yaml_error(e: yaml.MarkedYAMLError, text: str) -> tuple[int, str, str]:
+    """Line, message and fix for a YAML syntax error, in words a YAML novice can act on."""
+    mark = e.problem_mark or e.context_mark
+    line = mark.line + 1 if mark else 0
+    problem, context = e.problem or "", e.context or ""
+    opened = e.context_mark.line + 1 if e.context_mark else line
+    lines = text.splitlines()
+    if "'\\t'" in problem or (0 < line <= len(lines) and "\t" in lines[line - 1]):
+        return line, "a tab character on this line", "YAML indents with spaces only"
+    if "quoted scalar" in context:
+        return opened, "a quote opened on this line is never closed", "add the closing quote"
+    if "flow mapping" in context or "flow sequence" in context:
+        pair = "{}" if "mapping" in context else "[]"
+        return opened, f"a '{pair[0]}' on this line is not closed", (
+            f"add the closing '{pair[1]}' on that line")
+    if "block mapping" in context or "block collection" in context:
+        return line, "this line's indentation does not fit the block above it", (
+            "indent it exactly like the keys next to it, with spaces")
+    if "mapping values are not allowed" in problem:
+        return line, "a `key: value` where a value was expected", (
+            "fix the indentation, or quote a value that contains ': '")
+    if "single document" in context + problem:
+        return line, "more than one YAML document (a second `---`)", "keep one document"
+    return line, f"not valid YAML: {problem or context}", (
+        "fix the indentation or quoting on that line")
 
 
 def load(path: str | os.PathLike, check: Callable | None = None) -> model.Cluster:
@@ -223,8 +288,18 @@ def load(path: str | os.PathLike, check: Callable | None = None) -> model.Cluste
 
 def _build(doc: Located, c: _Collector) -> tuple[model.Cluster | None, Where | None]:
     data = doc.data
-    if not isinstance(data, dict) or not isinstance(data.get("all"), dict):
+    if data is None:
+        c.add(("all",), "the file is empty", "see inventories/single.yml for the layout")
+        return None, None
+    if not isinstance(data, dict):
+        got = TYPE_NAMES.get(type(data), type(data).__name__)
+        c.add(("all",), f"the top level must be a mapping `all:`, got {got}",
+              "see inventories/single.yml for the layout")
+        return None, None
+    if not isinstance(data.get("all"), dict):
+        groups = [k for k in data if k in model.ROLE_GROUPS]
         c.add(("all",), "the inventory must start with a mapping `all:`",
+              "put the groups under all.children" if groups else
               "see inventories/single.yml for the layout")
         return None, None
     root = data["all"]
@@ -280,6 +355,10 @@ def _settings(vars_: Any, c: _Collector) -> tuple[dict, dict]:
         if key in values:
             c.add(at, "set twice (in all.vars and in its cluster: block)", "keep one of them")
             return
+        if key in ANSIBLE_VARS and at[-2] == "cluster":
+            c.add(at, "Ansible reads connection variables only directly in all.vars",
+                  "move it out of the cluster: block into all.vars")
+            return
         if key in ANSIBLE_VARS:
             want = HOST_KEYS[key]
         elif key in SETTINGS:
@@ -290,8 +369,7 @@ def _settings(vars_: Any, c: _Collector) -> tuple[dict, dict]:
         if value is None and key in SETTINGS:
             return  # explicit null: keep the default
         if not _type_ok(value, want):
-            c.add(at, f"must be {TYPE_NAMES[want]}, got {value!r}",
-                  f"write it as {TYPE_NAMES[want]}")
+            c.add(at, *_type_problem(value, want))
             return
         choices = SETTINGS[key].choices if key in SETTINGS else None
         if choices and value not in choices:
@@ -334,12 +412,15 @@ def _hosts(root: dict, c: _Collector, settings: dict):
                 continue
             ok = True
             for k, v in hvars.items():
-                if k not in HOST_KEYS:
+                if k in SETTINGS or k == "cluster":
+                    c.add(hat + (k,), "a cluster setting cannot be set per host",
+                          "move it to all.vars")
+                    ok = False
+                elif k not in HOST_KEYS:
                     c.add(hat + (k,), "unknown host variable", suggest(k, HOST_KEYS))
                     ok = False
                 elif not _type_ok(v, HOST_KEYS[k]):
-                    c.add(hat + (k,), f"must be {TYPE_NAMES[HOST_KEYS[k]]}, got {v!r}",
-                          f"write it as {TYPE_NAMES[HOST_KEYS[k]]}")
+                    c.add(hat + (k,), *_type_problem(v, HOST_KEYS[k]))
                     ok = False
             if not isinstance(name, str):
                 c.add(hat, f"host name {name!r} must be a string", "quote it")
@@ -351,7 +432,9 @@ def _hosts(root: dict, c: _Collector, settings: dict):
                 if hvars and hosts[name][0] and hvars != hosts[name][0]:
                     c.add(hat, "host is defined twice with different variables",
                           "set its variables in one place only")
-                hosts[name] = (hosts[name][0] or hvars, hosts[name][1])
+                if hvars and not hosts[name][0]:
+                    paths[name] = hat  # name the block that holds its variables
+                hosts[name] = (hosts[name][0] or hvars, paths[name])
                 continue
             if ok:
                 hosts[name] = (hvars, hat)

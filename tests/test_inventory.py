@@ -1,0 +1,209 @@
+"""Inventory validation, tested as data.
+
+tests/data/bad/NNN-name.yml: one mistake each, with `# expect: <substring>` lines naming the
+problem line it must produce. tests/data/good/*.yml and inventories/*.yml must validate clean
+and read the same through ansible-inventory.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from provisioner import inventory, validate
+from provisioner.errors import InvalidInventory
+from provisioner.model import ROLE_GROUPS
+
+ROOT = Path(__file__).resolve().parent.parent
+BAD = sorted((ROOT / "tests/data/bad").glob("*.yml"))
+GOOD = sorted((ROOT / "tests/data/good").glob("*.yml")) + sorted(
+    (ROOT / "inventories").glob("*.yml"))
+LINE = re.compile(r"^[^:]+:\d+: \S+: .+")
+BIN = Path(sys.executable).parent
+
+
+def rel(path: Path) -> str:
+    return str(path.relative_to(ROOT))
+
+
+def expectations(path: Path) -> list[str]:
+    return [line.split("# expect:", 1)[1].strip()
+            for line in path.read_text().splitlines() if line.startswith("# expect:")]
+
+
+def problems_of(path: Path, check=None) -> list[str]:
+    with pytest.raises(InvalidInventory) as e:
+        inventory.load(rel(path), check=check)
+    return [str(p) for p in e.value.problems]
+
+
+@pytest.fixture(autouse=True)
+def _in_repo(monkeypatch):
+    monkeypatch.chdir(ROOT)  # paths in inventories (bundle_dir) and messages are repo-relative
+
+
+# --- the corpus ------------------------------------------------------------------------------
+
+
+def test_corpus_is_large_and_well_formed():
+    assert len(BAD) >= 55
+    names = [p.name for p in BAD]
+    assert all(re.match(r"^\d{3}-[a-z0-9-]+\.yml$", n) for n in names), names
+    assert len({n[:3] for n in names}) == len(names), "numbers must be unique"
+    for path in BAD:
+        assert path.read_text().startswith("# expect: "), path.name
+
+
+@pytest.mark.parametrize("path", BAD, ids=lambda p: p.stem)
+def test_bad_inventory(path):
+    expected = expectations(path)
+    assert expected, f"{path.name} has no `# expect:` line"
+    lines = problems_of(path)
+    for line in lines:
+        assert LINE.match(line), f"not FILE:LINE: key: message: {line!r}"
+        assert line.startswith(rel(path) + ":")
+    for want in expected:
+        assert re.match(r"^:\d+: \S+: ", want), f"expectation must name :LINE: and key: {want}"
+        assert any(want in line for line in lines), f"{want!r} not in:\n" + "\n".join(lines)
+
+
+@pytest.mark.parametrize("path", GOOD, ids=lambda p: f"{p.parent.name}/{p.stem}")
+def test_good_inventory(path):
+    cluster = inventory.load(rel(path))
+    assert cluster.control_planes
+
+
+def test_every_rule_has_a_bad_inventory():
+    """Each semantic check, run alone, rejects at least one structurally sound bad file."""
+    sound = []  # (cluster, where) of the files whose only problems are semantic
+    for path in BAD:
+        try:
+            inventory.load(rel(path), check=lambda c, w: sound.append((c, w)) or [])
+        except InvalidInventory:
+            pass
+    for rule in validate.CHECKS:
+        assert any(list(rule(c, w)) for c, w in sound), f"no bad file exercises {rule.__name__}"
+
+
+def test_all_problems_are_reported_at_once(tmp_path):
+    text = (ROOT / "inventories/single.yml").read_text()
+    text = text.replace("cluster_name: single", "cluster_name: Single_1")
+    text = text.replace("192.168.56.21", "192.168.56.11")
+    text = text.replace("kubernetes_version: v1.32.4", "kubernetes_version: v1.32.4+k3s1")
+    f = tmp_path / "many.yml"
+    f.write_text(text)
+    with pytest.raises(InvalidInventory) as e:
+        inventory.load(f)
+    keys = sorted(p.key for p in e.value.problems)
+    assert keys == ["all.children.workers.hosts.w1.ansible_host", "all.vars.cluster_name",
+                    "all.vars.kubernetes_version"]
+    assert [p.line for p in e.value.problems] == sorted(p.line for p in e.value.problems)
+
+
+# --- where problems point --------------------------------------------------------------------
+
+
+def where_of(path) -> inventory.Where:
+    seen = {}
+    inventory.load(path, check=lambda c, w: seen.setdefault("where", w) and [])
+    return seen["where"]
+
+
+def test_missing_setting_points_at_its_block():
+    w = where_of("inventories/lab.yml")
+    lines = (ROOT / "inventories/lab.yml").read_text().splitlines()
+    key, line = w.setting("bundle_dir")
+    assert key == "all.vars.cluster.bundle_dir"
+    assert lines[line - 1].strip() == "cluster:"
+    key, line = w.setting("api_vip")
+    assert lines[line - 1].strip() == "api_vip: 10.90.0.100"
+
+
+def test_host_points_at_the_block_with_its_variables():
+    """lab.yml lists cp1 first under etcd without variables, then under control_plane."""
+    w = where_of("inventories/lab.yml")
+    lines = (ROOT / "inventories/lab.yml").read_text().splitlines()
+    key, line = w.host("cp1", "ansible_host")
+    assert key == "all.children.control_plane.hosts.cp1.ansible_host"
+    assert "10.90.0.11" in lines[line - 1]
+    key, line = w.host("cp1", "ansible_user")  # inherited from all.vars
+    assert key == "all.vars.ansible_user"
+    assert lines[line - 1].strip() == "ansible_user: root"
+
+
+def test_key_with_spaces_is_named_by_its_parent(tmp_path):
+    f = tmp_path / "space.yml"
+    f.write_text("all:\n  vars:\n    pod cidr: 10.0.0.0/16\n"
+                 "  children: {control_plane: {hosts: {cp1: {ansible_host: 10.1.0.1}}}}\n")
+    (line,) = [str(p) for p in pytest.raises(InvalidInventory, inventory.load, f).value.problems]
+    assert LINE.match(line) and ":3: all.vars: unknown setting" in line
+
+
+def test_unreadable_file():
+    with pytest.raises(InvalidInventory) as e:
+        inventory.load("tests/data/no-such-inventory.yml")
+    assert "cannot read" in str(e.value)
+
+
+# --- the CLI ---------------------------------------------------------------------------------
+
+
+def invoke_validate(path: str) -> subprocess.CompletedProcess:
+    return subprocess.run([str(BIN / "invoke"), "cluster.validate", "-i", path], cwd=ROOT,
+                          capture_output=True, text=True, timeout=60)
+
+
+@pytest.mark.parametrize("name", ["021-unknown-group-control-plane", "001-tab-indent",
+                                  "058-vip-other-subnet", "086-bundle-dir-missing"])
+def test_cli_reports_problems(name):
+    path = rel(next(p for p in BAD if p.stem == name))
+    r = invoke_validate(path)
+    out = r.stdout + r.stderr
+    assert r.returncode != 0
+    assert "Traceback" not in out
+    for want in expectations(ROOT / path):
+        assert f"{path}{want}" in out
+    problem_lines = [ln for ln in r.stderr.splitlines() if ln.startswith(path + ":")]
+    assert problem_lines and all(LINE.match(ln) for ln in problem_lines)
+
+
+def test_cli_missing_file():
+    r = invoke_validate("tests/data/no-such-inventory.yml")
+    assert r.returncode != 0 and "Traceback" not in r.stdout + r.stderr
+    assert "no-such-inventory.yml:0: file: cannot read" in r.stderr
+
+
+def test_cli_accepts_a_good_inventory():
+    r = invoke_validate("inventories/lab.yml")
+    assert r.returncode == 0, r.stderr
+    assert "inventories/lab.yml: valid: 6 host(s)" in r.stdout
+    assert "API 10.90.0.100:6443" in r.stdout
+
+
+# --- Ansible reads the same inventory --------------------------------------------------------
+
+
+@pytest.mark.parametrize("path", GOOD, ids=lambda p: f"{p.parent.name}/{p.stem}")
+def test_ansible_reads_the_same_hosts_and_groups(path):
+    env = dict(os.environ, ANSIBLE_INVENTORY_ENABLED="yaml", ANSIBLE_INVENTORY_UNPARSED_FAILED="1")
+    r = subprocess.run([str(BIN / "ansible-inventory"), "-i", rel(path), "--list"], cwd=ROOT,
+                       capture_output=True, text=True, env=env, timeout=120)
+    assert r.returncode == 0, r.stderr
+    data = json.loads(r.stdout)
+    cluster = inventory.load(rel(path))
+    for group in ROLE_GROUPS:
+        ours = sorted(n.name for n in cluster.with_role(group))
+        theirs = sorted(data.get(group, {}).get("hosts", []))
+        assert theirs == ours, group
+    hostvars = data["_meta"]["hostvars"]
+    assert sorted(hostvars) == sorted(n.name for n in cluster.nodes)
+    for n in cluster.nodes:
+        assert hostvars[n.name]["ansible_host"] == n.address
+        assert hostvars[n.name].get("ansible_port", 22) == n.ssh_port
+        assert hostvars[n.name].get("ansible_user", "root") == n.ssh_user
