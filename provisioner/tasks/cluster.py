@@ -6,6 +6,8 @@ from invoke import task
 
 from .. import inventory as inv
 from .. import phases as ph
+from ..errors import InvalidInventory, UserError
+from ..model import ROLE_GROUPS
 from . import DEFAULT_INVENTORY, user_errors
 
 HELP = {
@@ -25,9 +27,15 @@ def helps(*names: str) -> dict:
 @user_errors
 def validate(c, inventory=DEFAULT_INVENTORY):
     """Check an inventory; print every problem as FILE:LINE: key: message (fix)."""
-    cluster = inv.load(inventory)
-    print(f"{inventory}: valid ({len(cluster.nodes)} hosts, {cluster.distribution}, "
-          f"{cluster.kubernetes_version}, ha_mode {cluster.ha_mode})")
+    try:
+        cluster = inv.load(inventory)
+    except InvalidInventory as e:
+        n = len(e.problems)
+        raise UserError(f"{e}\n{n} problem{'s' if n != 1 else ''} in {inventory}") from None
+    roles = ", ".join(f"{len(cluster.with_role(r))} {r}" for r in ROLE_GROUPS
+                      if cluster.with_role(r))
+    print(f"{inventory}: valid: {len(cluster.nodes)} host(s) ({roles}), {cluster.distribution} "
+          f"{cluster.kubernetes_version}, ha_mode {cluster.ha_mode}, API {cluster.api_endpoint}")
 
 
 def print_plan(plan, verb="would") -> int:
@@ -112,3 +120,88 @@ def reset(c, inventory=DEFAULT_INVENTORY, yes=False):
         return
     actions.reset(cluster)
     print(f"cluster {cluster.cluster_name} removed from its hosts")
+
+
+# -- preflight and host-key trust (SSH layer: provisioner/ssh.py, facts.py, preflight.py) -------
+
+@task(help=helps("inventory", "trust_new_hosts"))
+@user_errors
+def preflight(c, inventory=DEFAULT_INVENTORY, trust_new_hosts=False):
+    """Probe every host (one round trip each) and list what would stop the install; exit 2 if any."""
+    from invoke import Exit
+
+    from .. import preflight as pf
+
+    problems = pf.run(inv.load(inventory), trust_new=trust_new_hosts)
+    if pf.has_errors(problems):
+        raise Exit(code=2)
+
+
+@task(help=helps("inventory", "yes"))
+@user_errors
+def trust(c, inventory=DEFAULT_INVENTORY, yes=False):
+    """Show each host's SSH key fingerprint and record the new ones in the cluster's known_hosts."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from ..errors import UserError
+    from ..ssh import known_hosts_path, record_host_keys, scan_hosts
+
+    cluster = inv.load(inventory)
+    path = known_hosts_path(cluster)
+    scanned = scan_hosts(cluster.nodes, path)
+    table = Table(title=f"host keys of cluster {cluster.cluster_name} ({path})", title_justify="left")
+    for col in ("host", "address", "key", "fingerprint", "status"):
+        table.add_column(col)
+    style = {"known": "green", "unknown": "yellow", "changed": "red", "error": "red"}
+    label = {"known": "trusted", "unknown": "new", "changed": "CHANGED", "error": "unreachable"}
+    for s in scanned:
+        table.add_row(s.name, s.entry, s.key.get_name() if s.key else "-", s.fingerprint or (s.error or ""),
+                      f"[{style[s.status]}]{label[s.status]}[/{style[s.status]}]")
+    Console().print(table)
+    new = [s for s in scanned if s.status == "unknown"]
+    if new and (yes or input(f"record {len(new)} new host key(s) in {path}? [y/N] ").strip().lower() in ("y", "yes")):
+        record_host_keys(path, [(s.entry, s.key) for s in new])
+        print(f"recorded {len(new)} host key(s) in {path}")
+    elif new:
+        print("not confirmed; nothing recorded")
+    else:
+        print("no new host keys")
+    changed = [s for s in scanned if s.status == "changed"]
+    failed = [s for s in scanned if s.status == "error"]
+    if changed or failed:
+        lines = [f"{s.name}: host key CHANGED ({s.fingerprint}); if the host was reinstalled: "
+                 f"ssh-keygen -f {path} -R '{s.entry}', then run cluster.trust again" for s in changed]
+        lines += [s.error for s in failed]
+        raise UserError("\n".join(lines))
+
+
+# -- render (templates -> files per host: provisioner/render.py) -------------------------------
+
+@task(help={"inventory": HELP["inventory"],
+            "out": "folder to write <host>/<node path> into (default: the cluster's state "
+                   "folder, state/<cluster>/rendered, which is never committed)"})
+@user_errors
+def render(c, inventory=DEFAULT_INVENTORY, out=None):
+    """Write every config file each host would get, with the cluster's real secrets (0600)."""
+    from .. import pki
+    from .. import render as renderer
+    from ..state import State
+
+    cluster = inv.load(inventory)
+    state = State(cluster)
+    secrets = dict(state.secrets())
+    if not cluster.is_k3s:  # the joins pin the cluster CA, which lives on the controller
+        pki.ensure_ca(state.pki, "ca", "kubernetes")
+        secrets["ca_cert_hash"] = pki.join_hash(state)
+    files = renderer.render(cluster, secrets)
+    target = out or str(state.dir / "rendered")
+    try:
+        written = renderer.write_tree(files, target)
+    except OSError as e:
+        from ..errors import UserError
+
+        raise UserError(f"{e.filename or target}: cannot write: {e.strerror} "
+                        "(choose another folder with -o)") from None
+    print(f"wrote {len(written)} files for {len(files)} hosts to {target}/<host>/ "
+          "(files holding secrets are 0600)")
