@@ -8,6 +8,7 @@ are probed again and the phase must report nothing left to do.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -61,6 +62,10 @@ class Run:
             for path, (data, mode) in files.items():
                 restart = ("etcd",) if path.startswith("/etc/etcd/") else ()
                 items[host].setdefault("pki", []).append(ph.Item(path, data, mode, restart))
+        marker = json.dumps({"cluster_name": cluster.cluster_name,
+                             "distribution": cluster.distribution}, sort_keys=True).encode()
+        for n in cluster.nodes:
+            items[n.name].setdefault("prepare", []).append(ph.Item(host_facts.MARKER, marker + b"\n"))
         found = bundles.locate(cluster, Path(bundle_dir) if bundle_dir else None)
         if found is not None:
             binaries = _binary_items(found)
@@ -77,19 +82,23 @@ class Run:
         self.state.dir.mkdir(parents=True, exist_ok=True)
         self.pool = Pool(self.cluster.nodes, self.state.known_hosts, trust_new=trust_new)
 
-    def probe(self, names=None) -> None:
+    def probe(self, names=None) -> list[str]:
+        """Read the facts of `names` (default all); returns one line per unreachable host."""
         names = names or [n.name for n in self.cluster.nodes]
         paths = {}
         for name in names:
             wanted = [i.path for items in self.ctx.items[name].values() for i in items]
             wanted += [m for p in ph.UP for m in p.markers] + [p.stamp_path for p in ph.UP]
             paths[name] = sorted(set(wanted))
-        self.ctx.facts.update(host_facts.probe(self.pool, paths, services=ph.SERVICES))
+        found = host_facts.probe(self.pool, paths, services=ph.SERVICES, hosts=names)
+        self.ctx.facts.update(found)
+        return [f"{h}: {f.error}" for h, f in found.items() if not f.reachable]
 
     def preflight(self) -> None:
         problems = preflight.check(self.cluster, self.ctx.facts)
-        if problems:
-            raise UserError(preflight.report(problems))
+        if preflight.has_errors(problems):
+            raise UserError("preflight found problems; nothing was changed on any host\n"
+                            + preflight.report(problems))
 
     # -- plan and apply --------------------------------------------------------------------------
     def plan(self, phases=ph.UP) -> list[tuple[ph.Phase, dict[str, list[str]]]]:
@@ -124,8 +133,12 @@ class Run:
             stamps = {n.name: {phase.stamp_path: (phase.stamp(self.ctx, n), 0o644)}
                       for n in nodes if phase.stamped(self.ctx, n)}
             if stamps:
-                self.pool.put_many(stamps)
-        self.probe([n.name for n in nodes])
+                self._put(stamps, phase)
+        lost = self.probe([n.name for n in nodes])
+        if lost:
+            raise PhaseFailed(f"phase {phase.name}: lost contact with " + "; ".join(lost)
+                              + "\nthe other hosts finished this phase; bring the host back and "
+                              "rerun cluster.up")
         left = {h: p for h, p in phase.work(self.ctx).items() if h in work}
         if left:
             raise PhaseFailed(f"phase {phase.name} did not converge: " + "; ".join(
@@ -150,9 +163,15 @@ class Run:
                             if have.get(i.path) != i.sha256}
         todo = {h: items for h, items in todo.items() if items}
         if todo:
-            self.pool.put_many({h: {p: (i.data, i.mode) for p, i in items.items()}
-                                for h, items in todo.items()})
+            self._put({h: {p: (i.data, i.mode) for p, i in items.items()}
+                       for h, items in todo.items()}, phase)
         return todo
+
+    def _put(self, files, phase: ph.Phase) -> None:
+        hashes = {h: self.ctx.facts[h].files for h in files}
+        failed = [r.error for r in self.pool.put_many(files, hashes).values() if r.error]
+        if failed:
+            raise PhaseFailed(f"phase {phase.name}: could not place files: " + "; ".join(failed))
 
     def _fetch_kubeconfig(self) -> None:
         first = self.cluster.first_control_plane.name
