@@ -1,0 +1,194 @@
+"""TEST-ONLY stand-in for k3s: `server` / `agent` check their config and sleep; `kubectl` is the
+kubectl stand-in. It runs no Kubernetes component.
+
+`server` and `agent` read /etc/rancher/k3s/config.yaml (and config.yaml.d/*.yaml), check every
+key and command-line flag against the flags that role really has (tests/data/upstream/
+k3s-flags.yaml) with its type, check that a joining server or an agent has a server URL and a
+token, record the call in /var/log/standin/k3s.jsonl (token values as sha256), write the files
+k3s writes so that the provisioner's guards see them (no secret in them), tell systemd it is
+ready (the unit is Type=notify) and sleep until stopped.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+
+from . import Failed, Tool, data_text, kubectl
+from .kubelet import sleep_until_stopped, stop_on_sigterm
+
+CONFIG = "/etc/rancher/k3s/config.yaml"
+NODE_TOKEN = "/var/lib/rancher/k3s/server/node-token"
+AGENT_KUBECONFIG = "/var/lib/rancher/k3s/agent/kubelet.kubeconfig"
+ADMIN_KUBECONFIG = "/etc/rancher/k3s/k3s.yaml"
+ENV = {"K3S_TOKEN": "token", "K3S_TOKEN_FILE": "token-file", "K3S_URL": "server",
+       "K3S_AGENT_TOKEN": "agent-token", "K3S_CONFIG_FILE": "config"}
+MARK = "stand-in k3s: TEST-ONLY file, no Kubernetes component reads or serves it"
+
+
+def main(tool: Tool, argv: list[str]) -> int:
+    if not argv or argv[0] in ("-h", "--help"):
+        tool.say("usage: k3s server|agent|kubectl ... (a test-only stand-in)")
+        return 0
+    if argv[0] in ("--version", "-v", "version"):
+        print(tool.version_line())
+        return 0
+    if argv[0] == "kubectl":
+        args = argv[1:]
+        if not any(a.split("=")[0] == "--kubeconfig" for a in args):
+            args = ["--kubeconfig", ADMIN_KUBECONFIG] + args
+        return kubectl.main(tool, args, log="kubectl")
+    if argv[0] not in ("server", "agent"):
+        raise Failed(f"unknown command {argv[0]!r} (the k3s stand-in implements server, agent, "
+                     "kubectl)")
+    role = argv[0]
+    config = None
+    stop_on_sigterm()
+    try:
+        config = settings(tool, role, argv[1:])
+        check(tool, role, config)
+        write_files(tool, role, config)
+    except Failed as e:
+        tool.record(argv, "error: " + str(e).splitlines()[0], role=role, config=config)
+        raise
+    tool.record(argv, "running", role=role, config=config)
+    tool.say(f"{role}: config is valid; sleeping (stand-in: no Kubernetes is running)")
+    notify_ready()
+    sleep_until_stopped()
+    return 0
+
+
+def flags_for(role: str) -> dict[str, str]:
+    import yaml
+
+    return yaml.safe_load(data_text("k3s-flags.yaml"))[role]
+
+
+def settings(tool: Tool, role: str, args: list[str]) -> dict:
+    """Environment, then config file(s), then command line, each key checked for the role."""
+    import yaml
+
+    flags = flags_for(role)
+    out: dict = {}
+    for var, key in ENV.items():
+        if os.environ.get(var):
+            out[key] = os.environ[var]
+    cli = parse_cli(args, flags)
+    path = cli.get("config") or out.get("config") or CONFIG
+    files = [path] + sorted(str(p).removeprefix(tool.root) for p in
+                            tool.path(path + ".d").glob("*.yaml"))
+    for f in files:
+        p = tool.path(f)
+        if not p.exists():
+            if f == path and f != CONFIG:
+                raise Failed(f"level=fatal msg=\"open {f}: no such file or directory\"")
+            continue
+        try:
+            data = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise Failed(f"{f}: {e}") from None
+        if not isinstance(data, dict):
+            raise Failed(f"{f}: want a mapping of flag names to values")
+        for key, value in data.items():
+            name = str(key).rstrip("+")
+            check_flag(name, value, flags, f"{f}: {key}", role)
+            if str(key).endswith("+") and name in out:
+                out[name] = as_list(out[name]) + as_list(value)
+            else:
+                out[name] = value
+    out.update(cli)
+    return out
+
+
+def parse_cli(args: list[str], flags: dict) -> dict:
+    out, i = {}, 0
+    while i < len(args):
+        a = args[i]
+        if not a.startswith("-"):
+            raise Failed(f"unexpected argument {a!r}")
+        name, eq, value = a.lstrip("-").partition("=")
+        name = {"c": "config", "t": "token", "s": "server"}.get(name, name)
+        if name not in flags:
+            raise Failed(f"flag provided but not defined: -{name}")
+        if flags[name] == "bool" and not eq:
+            value = True
+        elif not eq:
+            i += 1
+            if i >= len(args):
+                raise Failed(f"flag needs an argument: -{name}")
+            value = args[i]
+        if flags[name] == "list":
+            out[name] = as_list(out.get(name, [])) + [value]
+        else:
+            out[name] = value
+        i += 1
+    return out
+
+
+def check_flag(name: str, value, flags: dict, where: str, role: str) -> None:
+    if name not in flags:
+        other = "server" if role == "agent" else "agent"
+        hint = f" (a {other} flag)" if name in flags_for(other) else ""
+        raise Failed(f"{where}: flag provided but not defined: -{name}{hint}")
+    kind = flags[name]
+    ok = {"bool": lambda v: isinstance(v, bool),
+          "int": lambda v: isinstance(v, int) and not isinstance(v, bool),
+          "string": lambda v: isinstance(v, (str, int, float)) and not isinstance(v, bool),
+          "list": lambda v: isinstance(v, (str, int)) and not isinstance(v, bool) or (
+              isinstance(v, list) and all(isinstance(x, (str, int)) for x in v))}[kind]
+    if not ok(value):
+        raise Failed(f"{where}: want a {kind} for -{name}, got {type(value).__name__}")
+
+
+def as_list(v) -> list:
+    return v if isinstance(v, list) else [v]
+
+
+def check(tool: Tool, role: str, c: dict) -> None:
+    joining = role == "agent" or bool(c.get("server"))
+    if c.get("server") and not re.fullmatch(r"https://[^\s/:]+(:\d+)?/?", str(c["server"])):
+        raise Failed(f"level=fatal msg=\"server {c['server']!r} is not an https://HOST:PORT URL\"")
+    if role == "agent" and not c.get("server"):
+        raise Failed('level=fatal msg="--server is required"')
+    if c.get("token-file") and not tool.path(str(c["token-file"])).is_file():
+        raise Failed(f"level=fatal msg=\"open {c['token-file']}: no such file or directory\"")
+    if joining and not (c.get("token") or c.get("token-file")):
+        raise Failed('level=fatal msg="--token is required"' + (
+            "" if role == "agent" else " (a server joining with --server needs the cluster "
+            "token)"))
+    if role == "server" and c.get("server") and c.get("cluster-init"):
+        raise Failed("level=fatal msg=\"--cluster-init and --server: the stand-in expects only "
+                     "the first server to run cluster-init\"")
+
+
+def write_files(tool: Tool, role: str, c: dict) -> None:
+    port = c.get("https-listen-port", 6443)
+    files = {AGENT_KUBECONFIG: kubeconfig(f"https://127.0.0.1:{port}", "system:node")}
+    if role == "server":
+        files[NODE_TOKEN] = f"# {MARK}\n# k3s keeps the join token here; the stand-in does not.\n"
+        files[str(c.get("write-kubeconfig") or ADMIN_KUBECONFIG)] = kubeconfig(
+            f"https://127.0.0.1:{port}", "default")
+    for path, text in files.items():
+        p = tool.path(path)
+        if not p.exists() or p.read_text() != text:
+            tool.write(path, text, 0o600)
+
+
+def kubeconfig(server: str, user: str) -> str:
+    return (f"# {MARK}\napiVersion: v1\nkind: Config\nclusters:\n- name: default\n  cluster:\n"
+            f"    server: {server}\ncontexts:\n- name: default\n  context:\n    cluster: default\n"
+            f"    user: {user}-stand-in\ncurrent-context: default\nusers:\n"
+            f"- name: {user}-stand-in\n  user: {{}}\n")
+
+
+def notify_ready() -> None:
+    """sd_notify(READY=1) when started by systemd with Type=notify."""
+    addr = os.environ.get("NOTIFY_SOCKET")
+    if not addr:
+        return
+    if addr.startswith("@"):
+        addr = "\0" + addr[1:]
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
+        s.connect(addr)
+        s.sendall(b"READY=1\nSTATUS=stand-in k3s: config valid, nothing running")

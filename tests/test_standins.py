@@ -1,0 +1,562 @@
+"""The TEST-ONLY stand-ins (tests/standins) run locally against the provisioner's real rendered
+configs (provisioner.render for inventories/*.yml), each "node" a temporary STANDIN_ROOT.
+
+They must accept what a real kubeadm/kubelet/kubectl/k3s would accept from the provisioner and
+refuse, with the real tools' kind of message, what those would refuse.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import secrets as random
+import shutil
+import socket
+import stat
+import string
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from provisioner import bundle as bundles
+from provisioner import inventory as inv
+from provisioner import pki, render
+from tests.standins import make_standin_bundle
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def node_python() -> str:
+    """The interpreter lab nodes have (Debian's python3 + python3-yaml) when this machine has
+    it too, else the test's own."""
+    debian = "/usr/bin/python3"
+    if os.path.exists(debian) and subprocess.run([debian, "-c", "import yaml"],
+                                                 capture_output=True).returncode == 0:
+        return debian
+    return sys.executable
+
+
+PYTHON = node_python()
+INIT = "/etc/kubernetes/kubeadm-init.yaml"
+JOIN = "/etc/kubernetes/kubeadm-join.yaml"
+K3S = "/etc/rancher/k3s/config.yaml"
+
+
+def make_ca() -> bytes:
+    with tempfile.TemporaryDirectory() as d:
+        pki.ensure_ca(Path(d), "ca", "kubernetes")
+        return (Path(d) / "ca.crt").read_bytes()
+
+
+CA = make_ca()  # the cluster CA the provisioner places on nodes before they join
+
+
+def make_secrets() -> dict[str, str]:
+    alnum = string.ascii_lowercase + string.digits
+    pick = lambda n: "".join(random.choice(alnum) for _ in range(n))  # noqa: E731
+    return {"bootstrap_token": f"{pick(6)}.{pick(16)}", "certificate_key": random.token_hex(32),
+            "k3s_token": random.token_hex(24), "ca_cert_hash": pki.ca_cert_hash(CA)}
+
+
+class Node:
+    """A node's file system under a temporary STANDIN_ROOT, with a container runtime socket,
+    ip_forward=1 and the kubelet installed, as the phases before the kube phases leave it."""
+
+    def __init__(self, bundle_dir: Path, name: str):
+        self.bin = bundle_dir
+        self.name = name
+        # short: the containerd socket path must fit in sun_path (108 bytes)
+        self.root = Path(tempfile.mkdtemp(prefix=f"si-{name}-", dir="/tmp"))
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.put("/proc/sys/net/ipv4/ip_forward", "1\n")
+        sock = self.path("/run/containerd/containerd.sock")
+        sock.parent.mkdir(parents=True)
+        self.sock.bind(str(sock))
+        kubelet = bundle_dir / "kubelet"
+        if kubelet.exists():
+            self.path("/usr/local/bin").mkdir(parents=True)
+            shutil.copy(kubelet, self.path("/usr/local/bin/kubelet"))
+
+    def path(self, p: str) -> Path:
+        return self.root / p.lstrip("/")
+
+    def put(self, p: str, text: str | bytes, mode: int = 0o644) -> None:
+        target = self.path(p)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(text.encode() if isinstance(text, str) else text)
+        target.chmod(mode)
+
+    def env(self, **extra) -> dict:
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("K3S_", "NOTIFY"))}
+        return {**env, "STANDIN_ROOT": str(self.root), **extra}
+
+    def run(self, tool: str, *args: str, **extra) -> subprocess.CompletedProcess:
+        return subprocess.run([PYTHON, str(self.bin / tool), *args], capture_output=True,
+                              text=True, env=self.env(**extra), timeout=60)
+
+    def start(self, tool: str, *args: str, **extra) -> subprocess.Popen:
+        return subprocess.Popen([PYTHON, str(self.bin / tool), *args], text=True,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                env=self.env(**extra))
+
+    def log(self, tool: str = "kubeadm") -> list[dict]:
+        p = self.path(f"/var/log/standin/{tool}.jsonl")
+        return [json.loads(line) for line in p.read_text().splitlines()] if p.exists() else []
+
+    def close(self):
+        self.sock.close()
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def lab_cluster():
+    return inv.load(str(ROOT / "inventories/lab.yml"))
+
+
+@pytest.fixture(scope="module")
+def kube_bundle(tmp_path_factory, lab_cluster) -> Path:
+    dest = make_standin_bundle(tmp_path_factory.mktemp("standin-bundle"), lab_cluster)
+    return dest / bundles.folder_name(lab_cluster)
+
+
+@pytest.fixture
+def nodes(kube_bundle):
+    made = []
+
+    def make(name="cp1", bundle=kube_bundle):
+        made.append(Node(bundle, name))
+        return made[-1]
+
+    yield make
+    for n in made:
+        n.close()
+
+
+def place(node: Node, rendered: dict, host: str) -> None:
+    for path, f in rendered[host].items():
+        node.put(path, f.content, f.mode)
+
+
+def place_external_etcd_client_certs(node: Node, init_text: str) -> None:
+    """What the pki phase puts on a control plane before kubeadm init (external etcd)."""
+    external = [d for d in yaml.safe_load_all(init_text)
+                if d.get("kind") == "ClusterConfiguration"][0].get("etcd", {}).get("external")
+    for key in ("caFile", "certFile", "keyFile") if external else ():
+        node.put(external[key], "-----BEGIN PLACEHOLDER-----\n", 0o600)
+
+
+def assert_prefixed(text: str, tool: str) -> None:
+    lines = [line for line in text.splitlines() if line.strip()]
+    assert lines and all(line.startswith(f"[stand-in {tool}] ") for line in lines), text
+
+
+# ---------------------------------------------------------------------------------------------
+# The bundle of stand-ins
+# ---------------------------------------------------------------------------------------------
+
+
+def test_standin_bundle_has_the_real_layout_and_verifies(tmp_path, lab_cluster):
+    dest = make_standin_bundle(tmp_path / "a", lab_cluster)
+    found = bundles.locate(lab_cluster, dest)
+    assert found is not None
+    assert set(found.files) == {"kubeadm", "kubelet", "kubectl", "crictl", "cni-plugins/README.md"}
+    # deterministic: a rebuilt bundle has the same bytes, so a second `up` pushes nothing new
+    again = make_standin_bundle(tmp_path / "b", lab_cluster)
+    name = bundles.folder_name(lab_cluster)
+    assert (dest / name / "SHA256SUMS").read_text() == (again / name / "SHA256SUMS").read_text()
+
+
+def test_every_tool_says_it_is_a_stand_in(kube_bundle):
+    for tool, args, version in (("kubeadm", ["version", "-o", "short"], "v1.32.4"),
+                                ("kubelet", ["--version"], "v1.32.4"),
+                                ("kubectl", ["version", "--client"], "v1.32.4"),
+                                ("crictl", ["--version"], "v1.32.0")):
+        # executed directly (shebang + zip application), as systemd and Ansible run them
+        out = subprocess.run([str(kube_bundle / tool), *args], capture_output=True, text=True,
+                             timeout=30)
+        assert out.returncode == 0, out.stderr
+        assert out.stdout == f"{tool} version: stand-in (not Kubernetes) for {version}\n"
+
+
+# ---------------------------------------------------------------------------------------------
+# kubeadm against the provisioner's rendered configs
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("inventory", ["lab.yml", "ha-external-etcd.yml", "ha-kubevip.yml",
+                                       "single.yml"])
+def test_rendered_configs_init_and_join_in_order(inventory, nodes):
+    cluster = inv.load(str(ROOT / "inventories" / inventory))
+    secrets = make_secrets()
+    rendered = render.render(cluster, secrets)
+    first = cluster.first_control_plane.name
+    cp = nodes(first)
+    place(cp, rendered, first)
+    place_external_etcd_client_certs(cp, rendered[first][INIT].content.decode())
+    r = cp.run("kubeadm", "init", "--config", INIT, "--upload-certs")
+    assert r.returncode == 0, r.stderr
+    assert_prefixed(r.stdout, "kubeadm")
+    assert "NO control plane is running" in r.stdout
+    admin = cp.path("/etc/kubernetes/admin.conf")
+    assert stat.S_IMODE(admin.stat().st_mode) == 0o600
+    assert yaml.safe_load(admin.read_text())["clusters"][0]["cluster"]["server"] == \
+        f"https://{cluster.api_host if cluster.ha_mode != 'none' else cluster.first_control_plane.address}:6443"
+    assert "stand-in" in admin.read_text()
+    for m in ("kube-apiserver", "kube-controller-manager", "kube-scheduler"):
+        assert "stand-in" in cp.path(f"/etc/kubernetes/manifests/{m}.yaml").read_text()
+    assert cp.path("/etc/kubernetes/manifests/etcd.yaml").exists() != cluster.external_etcd
+    # the kubelet config kubeadm wrote satisfies the kubelet stand-in
+    kubelet = cp.start("kubelet", "--config=/var/lib/kubelet/config.yaml",
+                       "--container-runtime-endpoint=unix:///run/containerd/containerd.sock")
+    assert "is valid; sleeping" in kubelet.stdout.readline()
+    kubelet.terminate()
+    assert kubelet.wait(10) == 0
+
+    for joiner in list(cluster.control_planes[1:]) + list(cluster.workers):
+        node = nodes(joiner.name)
+        place(node, rendered, joiner.name)
+        node.put("/etc/kubernetes/pki/ca.crt", CA)  # the pki phase placed it
+        r = node.run("kubeadm", "join", "--config", JOIN)
+        assert r.returncode == 0, (joiner.name, r.stderr)
+        assert node.path("/etc/kubernetes/kubelet.conf").exists()
+        assert node.path("/etc/kubernetes/admin.conf").exists() == joiner.has("control_plane")
+        (entry,) = node.log()
+        assert entry["result"] == "ok"
+        config = json.dumps(entry["config"])
+        assert hashlib.sha256(secrets["bootstrap_token"].encode()).hexdigest() in config
+        assert secrets["bootstrap_token"] not in json.dumps(entry)
+        assert secrets["certificate_key"] not in json.dumps(entry)
+
+
+def init_docs(lab_cluster) -> tuple[list[dict], dict]:
+    secrets = make_secrets()
+    text = render.render(lab_cluster, secrets)["cp1"][INIT].content.decode()
+    return list(yaml.safe_load_all(text)), secrets
+
+
+def init_node(nodes, docs) -> Node:
+    node = nodes("cp1")
+    text = yaml.safe_dump_all(docs)
+    node.put(INIT, text, 0o600)
+    place_external_etcd_client_certs(node, text)
+    return node
+
+
+def test_unknown_field_is_a_strict_decoding_error(nodes, lab_cluster):
+    docs, _ = init_docs(lab_cluster)
+    docs[0]["bootstrapTokens"][0]["foo"] = 1
+    docs[1]["networking"]["podCIDR"] = "10.0.0.0/16"
+    r = init_node(nodes, docs).run("kubeadm", "init", "--config", INIT, "--upload-certs")
+    assert r.returncode == 1
+    assert ('error unmarshaling configuration schema.GroupVersionKind{Group:"kubeadm.k8s.io", '
+            'Version:"v1beta4", Kind:"InitConfiguration"}: strict decoding error: unknown field '
+            '"bootstrapTokens[0].foo"') in r.stderr
+    assert 'Kind:"ClusterConfiguration"}: strict decoding error: unknown field ' \
+           '"networking.podCIDR"' in r.stderr
+    assert_prefixed(r.stderr, "kubeadm")
+
+
+def test_unknown_field_in_a_component_config_is_refused(nodes, lab_cluster):
+    docs, _ = init_docs(lab_cluster)
+    kubelet = [d for d in docs if d["kind"] == "KubeletConfiguration"][0]
+    kubelet["cgroupDriverr"] = "systemd"
+    r = init_node(nodes, docs).run("kubeadm", "init", "--config", INIT, "--upload-certs")
+    assert r.returncode == 1 and 'unknown field "cgroupDriverr"' in r.stderr
+
+
+def test_wrong_type_is_refused(nodes, lab_cluster):
+    docs, _ = init_docs(lab_cluster)
+    docs[0]["localAPIEndpoint"]["bindPort"] = "6443"
+    r = init_node(nodes, docs).run("kubeadm", "init", "--config", INIT, "--upload-certs")
+    assert r.returncode == 1
+    assert ("json: cannot unmarshal string into Go struct field "
+            "InitConfiguration.localAPIEndpoint.bindPort of type int") in r.stderr
+
+
+@pytest.mark.parametrize("api", ["kubeadm.k8s.io/v1beta3", "kubeadm.k8s.io/v1"])
+def test_only_v1beta4_is_accepted(nodes, lab_cluster, api):
+    docs, _ = init_docs(lab_cluster)
+    docs[0]["apiVersion"] = api
+    r = init_node(nodes, docs).run("kubeadm", "init", "--config", INIT, "--upload-certs")
+    assert r.returncode == 1
+    assert f'no kind "InitConfiguration" is registered for version "{api}"' in r.stderr
+
+
+def test_bad_token_is_refused_without_printing_it(nodes, lab_cluster):
+    docs, _ = init_docs(lab_cluster)
+    docs[0]["bootstrapTokens"][0]["token"] = "ABCDEF.0123456789abcdef"
+    node = init_node(nodes, docs)
+    r = node.run("kubeadm", "init", "--config", INIT, "--upload-certs")
+    assert r.returncode == 1
+    assert "bootstrapTokens[0].token: Invalid value" in r.stderr
+    assert "ABCDEF" not in r.stderr + r.stdout + json.dumps(node.log())
+    assert not node.path("/etc/kubernetes/admin.conf").exists()
+
+
+def test_upload_certs_needs_a_certificate_key(nodes, lab_cluster):
+    docs, _ = init_docs(lab_cluster)
+    del docs[0]["certificateKey"]
+    node = init_node(nodes, docs)
+    r = node.run("kubeadm", "init", "--config", INIT, "--upload-certs")
+    assert r.returncode == 1 and "certificateKey: Required value" in r.stderr
+    r = node.run("kubeadm", "init", "--config", INIT)  # without --upload-certs it is optional
+    assert r.returncode == 0, r.stderr
+    docs[0]["certificateKey"] = "abc"
+    node.put(INIT, yaml.safe_dump_all(docs))
+    node.run("kubeadm", "reset", "-f")
+    r = node.run("kubeadm", "init", "--config", INIT)
+    assert r.returncode == 1 and "certificateKey: Invalid value: <redacted>" in r.stderr
+
+
+def test_init_twice_is_refused_and_reset_allows_it_again(nodes, lab_cluster):
+    docs, _ = init_docs(lab_cluster)
+    node = init_node(nodes, docs)
+    assert node.run("kubeadm", "init", "--config", INIT, "--upload-certs").returncode == 0
+    r = node.run("kubeadm", "init", "--config", INIT, "--upload-certs")
+    assert r.returncode == 1
+    assert ("[ERROR FileAvailable--etc-kubernetes-manifests-kube-apiserver.yaml]: "
+            "/etc/kubernetes/manifests/kube-apiserver.yaml already exists") in r.stderr
+    assert [e["result"] for e in node.log()] == ["ok", "error: error execution phase preflight: "
+                                                 "[preflight] Some fatal errors occurred:"]
+    r = node.run("kubeadm", "reset", "-f")
+    assert r.returncode == 0, r.stderr
+    assert not node.path("/etc/kubernetes/admin.conf").exists()
+    assert not node.path("/etc/kubernetes/manifests/kube-apiserver.yaml").exists()
+    assert node.path(INIT).exists()  # reset removes only what kubeadm wrote
+    assert node.run("kubeadm", "init", "--config", INIT, "--upload-certs").returncode == 0
+
+
+def test_preflight_checks_what_earlier_phases_provide(nodes, lab_cluster):
+    docs, _ = init_docs(lab_cluster)
+    node = init_node(nodes, docs)
+    node.sock.close()
+    node.path("/run/containerd/containerd.sock").unlink()
+    node.put("/proc/sys/net/ipv4/ip_forward", "0\n")
+    node.path("/etc/kubernetes/pki/apiserver-etcd-client.key").unlink()
+    node.path("/usr/local/bin/kubelet").unlink()
+    r = node.run("kubeadm", "init", "--config", INIT, "--upload-certs")
+    assert r.returncode == 1
+    for expected in ("[ERROR CRI]: container runtime is not running",
+                     "[ERROR FileContent--proc-sys-net-ipv4-ip_forward]",
+                     "[ERROR ExternalEtcdClientCertificates]: "
+                     "/etc/kubernetes/pki/apiserver-etcd-client.key doesn't exist",
+                     "[ERROR KubeletVersion]"):
+        assert expected in r.stderr
+    r = node.run("kubeadm", "init", "--config", INIT, "--upload-certs",
+                 "--ignore-preflight-errors=all")
+    assert r.returncode == 0, r.stderr
+
+
+def test_the_log_never_holds_a_secret(nodes, lab_cluster):
+    docs, secrets = init_docs(lab_cluster)
+    node = init_node(nodes, docs)
+    node.run("kubeadm", "init", "--config", INIT, "--upload-certs")
+    node.run("kubeadm", "init", "--config", INIT, "--upload-certs")  # refused, logged too
+    text = node.path("/var/log/standin/kubeadm.jsonl").read_text()
+    assert secrets["bootstrap_token"] not in text and secrets["certificate_key"] not in text
+    assert hashlib.sha256(secrets["bootstrap_token"].encode()).hexdigest() in text
+    assert hashlib.sha256(secrets["certificate_key"].encode()).hexdigest() in text
+    assert stat.S_IMODE(node.path("/var/log/standin/kubeadm.jsonl").stat().st_mode) == 0o600
+    entries = node.log()
+    assert [e["argv"] for e in entries] == [["init", "--config", INIT, "--upload-certs"]] * 2
+    assert entries[0]["time"] < entries[1]["time"]
+
+
+def join_docs(lab_cluster, host) -> list[dict]:
+    text = render.render(lab_cluster, make_secrets())[host][JOIN].content.decode()
+    return list(yaml.safe_load_all(text))
+
+
+def test_join_needs_discovery_with_a_ca_pin(nodes, lab_cluster):
+    docs = join_docs(lab_cluster, "w1")
+    del docs[0]["discovery"]["bootstrapToken"]["caCertHashes"]
+    node = nodes("w1")
+    node.put(JOIN, yaml.safe_dump_all(docs), 0o600)
+    r = node.run("kubeadm", "join", "--config", JOIN)
+    assert r.returncode == 1
+    assert "using token-based discovery without caCertHashes can be unsafe" in r.stderr
+    docs[0]["discovery"]["bootstrapToken"]["caCertHashes"] = ["sha256:abc"]
+    node.put(JOIN, yaml.safe_dump_all(docs), 0o600)
+    r = node.run("kubeadm", "join", "--config", JOIN)
+    assert r.returncode == 1 and "must be sha256:<64 hex characters>" in r.stderr
+
+
+def test_join_refuses_a_ca_pin_that_does_not_match_the_cluster_ca(nodes, lab_cluster):
+    docs = join_docs(lab_cluster, "cp2")
+    node = nodes("cp2")
+    node.put("/etc/kubernetes/pki/ca.crt", CA)
+    node.put(JOIN, yaml.safe_dump_all(docs), 0o600)
+    assert node.run("kubeadm", "join", "--config", JOIN).returncode == 0
+    node.run("kubeadm", "reset", "-f")
+    other = pki.ca_cert_hash(make_ca())
+    docs[0]["discovery"]["bootstrapToken"]["caCertHashes"] = [other]
+    node.put(JOIN, yaml.safe_dump_all(docs), 0o600)
+    r = node.run("kubeadm", "join", "--config", JOIN)
+    assert r.returncode == 1
+    assert f'none of the public keys "{pki.ca_cert_hash(CA)}" are pinned' in r.stderr
+
+
+def test_control_plane_join_needs_the_certificate_key(nodes, lab_cluster):
+    docs = join_docs(lab_cluster, "cp2")
+    del docs[0]["controlPlane"]["certificateKey"]
+    node = nodes("cp2")
+    node.put(JOIN, yaml.safe_dump_all(docs), 0o600)
+    r = node.run("kubeadm", "join", "--config", JOIN)
+    assert r.returncode == 1 and "controlPlane.certificateKey: Required value" in r.stderr
+
+
+def test_worker_join_honours_ignore_preflight_errors_and_refuses_twice(nodes, lab_cluster):
+    docs = join_docs(lab_cluster, "w1")
+    node = nodes("w1")
+    node.put("/etc/kubernetes/pki/ca.crt", CA)
+    del docs[0]["nodeRegistration"]["ignorePreflightErrors"]
+    node.put(JOIN, yaml.safe_dump_all(docs), 0o600)
+    r = node.run("kubeadm", "join", "--config", JOIN)
+    assert r.returncode == 1
+    assert "[ERROR FileAvailable--etc-kubernetes-pki-ca.crt]" in r.stderr
+    assert node.run("kubeadm", "join", "--config", JOIN,
+                    "--ignore-preflight-errors=FileAvailable--etc-kubernetes-pki-ca.crt"
+                    ).returncode == 0
+    r = node.run("kubeadm", "join", "--config", JOIN,
+                 "--ignore-preflight-errors=FileAvailable--etc-kubernetes-pki-ca.crt")
+    assert r.returncode == 1
+    assert "[ERROR FileAvailable--etc-kubernetes-kubelet.conf]" in r.stderr
+
+
+# ---------------------------------------------------------------------------------------------
+# kubelet, kubectl
+# ---------------------------------------------------------------------------------------------
+
+
+def test_kubelet_fails_until_its_config_exists_then_checks_it(nodes):
+    node = nodes("w1")
+    r = node.run("kubelet", "--config=/var/lib/kubelet/config.yaml")
+    assert r.returncode == 1
+    assert "failed to load kubelet config file, path: /var/lib/kubelet/config.yaml" in r.stderr
+    node.put("/var/lib/kubelet/config.yaml", "apiVersion: kubelet.config.k8s.io/v1beta1\n"
+             "kind: KubeletConfiguration\ncgroupDriver: systemd\nmaxPods: many\n")
+    r = node.run("kubelet", "--config=/var/lib/kubelet/config.yaml")
+    assert r.returncode == 1
+    assert "cannot unmarshal string into Go struct field KubeletConfiguration.maxPods" in r.stderr
+    assert [e["result"].split(":")[0] for e in node.log("kubelet")] == ["error", "error"]
+
+
+def test_kubectl_apply_checks_and_records_the_rendered_addons(nodes, lab_cluster):
+    rendered = render.render(lab_cluster, make_secrets())
+    node = nodes("cp1")
+    place(node, rendered, "cp1")
+    addons = sorted(p for p in rendered["cp1"] if p.startswith("/etc/kubernetes/addons/"))
+    assert addons
+    kubeconfig = ["--kubeconfig", "/etc/kubernetes/admin.conf"]
+    r = node.run("kubectl", *kubeconfig, "apply", "-f", addons[0])
+    assert r.returncode == 1 and "stat /etc/kubernetes/admin.conf" in r.stderr  # before init
+    node.put("/etc/kubernetes/admin.conf", "apiVersion: v1\nkind: Config\n", 0o600)
+    for path in addons:
+        r = node.run("kubectl", *kubeconfig, "apply", "-f", path)
+        assert r.returncode == 0, (path, r.stderr)
+        assert_prefixed(r.stdout, "kubectl")
+        # the addons playbook counts "created"/"configured" as a change: none is claimed
+        assert "created" not in r.stdout and "configured" not in r.stdout
+    first, *logged = node.log("kubectl")
+    assert first["result"].startswith("error: stat /etc/kubernetes/admin.conf")
+    assert len(logged) == len(addons) and all(e["result"] == "ok" for e in logged)
+    assert any(o["kind"] == "DaemonSet" for e in logged for o in e["objects"])
+    node.put("/tmp/bad.yaml", "apiVersion: v1\nkind: ConfigMap\nmetadata: {}\n")
+    r = node.run("kubectl", *kubeconfig, "apply", "-f", "/tmp/bad.yaml")
+    assert r.returncode == 1 and "metadata.name is required" in r.stderr
+    r = node.run("kubectl", *kubeconfig, "get", "--raw", "/readyz")
+    assert r.returncode == 1 and "stand-in: no API server" in r.stderr
+
+
+# ---------------------------------------------------------------------------------------------
+# k3s
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def k3s_cluster():
+    return inv.load(str(ROOT / "inventories/k3s-ha.yml"))
+
+
+@pytest.fixture(scope="module")
+def k3s_bundle(tmp_path_factory, k3s_cluster) -> Path:
+    dest = make_standin_bundle(tmp_path_factory.mktemp("k3s-bundle"), k3s_cluster)
+    return dest / bundles.folder_name(k3s_cluster)
+
+
+def run_until_ready(node: Node, role: str) -> tuple[subprocess.Popen, bytes]:
+    """Start `k3s ROLE` with a NOTIFY_SOCKET as systemd (Type=notify) does; return what it sent."""
+    notify = node.path("/run/notify.sock")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
+        s.bind(str(notify))
+        s.settimeout(30)
+        proc = node.start("k3s", role, NOTIFY_SOCKET=str(notify))
+        try:
+            message = s.recv(512)
+        except socket.timeout:
+            proc.kill()
+            raise AssertionError(proc.communicate()[1])
+    return proc, message
+
+
+def test_k3s_rendered_configs_start_servers_and_agents(nodes, k3s_cluster, k3s_bundle):
+    secrets = make_secrets()
+    rendered = render.render(k3s_cluster, secrets)
+    for host in [n.name for n in k3s_cluster.nodes]:
+        role = "server" if k3s_cluster.node(host).has("control_plane") else "agent"
+        node = nodes(host, bundle=k3s_bundle)
+        place(node, rendered, host)
+        proc, message = run_until_ready(node, role)
+        assert message.startswith(b"READY=1")
+        proc.terminate()
+        out, err = proc.communicate(timeout=10)
+        assert proc.returncode == 0, err
+        assert_prefixed(out, "k3s")
+        (entry,) = node.log("k3s")
+        assert entry["result"] == "running" and entry["role"] == role
+        text = node.path("/var/log/standin/k3s.jsonl").read_text()
+        assert secrets["k3s_token"] not in text
+        assert hashlib.sha256(secrets["k3s_token"].encode()).hexdigest() in text
+        if role == "server":
+            token_file = node.path("/var/lib/rancher/k3s/server/node-token")
+            assert stat.S_IMODE(token_file.stat().st_mode) == 0o600
+            assert secrets["k3s_token"] not in token_file.read_text()
+            assert stat.S_IMODE(node.path("/etc/rancher/k3s/k3s.yaml").stat().st_mode) == 0o600
+        else:
+            assert node.path("/var/lib/rancher/k3s/agent/kubelet.kubeconfig").exists()
+
+
+def test_k3s_refuses_a_flag_its_role_does_not_have(nodes, k3s_cluster, k3s_bundle):
+    rendered = render.render(k3s_cluster, make_secrets())
+    node = nodes("a1", bundle=k3s_bundle)
+    place(node, rendered, "a1")
+    config = yaml.safe_load(node.path(K3S).read_text())
+    node.put(K3S, yaml.safe_dump({**config, "cluster-init": True}), 0o600)
+    r = node.run("k3s", "agent")
+    assert r.returncode == 1
+    assert f"{K3S}: cluster-init: flag provided but not defined: -cluster-init (a server " \
+           "flag)" in r.stderr
+    node.put(K3S, yaml.safe_dump({**config, "node-label": {"a": "b"}}), 0o600)
+    r = node.run("k3s", "agent")
+    assert r.returncode == 1 and "want a list for -node-label" in r.stderr
+    del config["token"]
+    node.put(K3S, yaml.safe_dump(config), 0o600)
+    r = node.run("k3s", "agent")
+    assert r.returncode == 1 and '--token is required' in r.stderr
+    assert len(node.log("k3s")) == 3
+
+
+def test_k3s_kubectl_needs_the_server_kubeconfig(nodes, k3s_bundle):
+    node = nodes("s1", bundle=k3s_bundle)
+    node.put("/tmp/cm.yaml", "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: x}\n")
+    r = node.run("k3s", "kubectl", "apply", "-f", "/tmp/cm.yaml")
+    assert r.returncode == 1 and "stat /etc/rancher/k3s/k3s.yaml" in r.stderr
+    node.put("/etc/rancher/k3s/k3s.yaml", "apiVersion: v1\nkind: Config\n", 0o600)
+    r = node.run("k3s", "kubectl", "apply", "-f", "/tmp/cm.yaml")
+    assert r.returncode == 0 and "configmap/x recorded" in r.stdout
