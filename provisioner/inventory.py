@@ -324,7 +324,7 @@ def _build(doc: Located, c: _Collector) -> tuple[model.Cluster | None, Where | N
             roles=tuple(g for g in model.ROLE_GROUPS if name in groups.get(g, ())),
             ssh_user=merged.get("ansible_user", "root"),
             ssh_port=merged.get("ansible_port", 22),
-            ssh_key=merged.get("ansible_ssh_private_key_file"),
+            ssh_key=_key_path(merged.get("ansible_ssh_private_key_file")),
             labels=dict(hvars.get("node_labels") or {}),
             taints=tuple(hvars.get("node_taints") or ()),
             keepalived_priority=hvars.get("keepalived_priority"),
@@ -471,3 +471,9 @@ def _hosts(root: dict, c: _Collector, settings: dict):
             c.add(paths[name], "host is in no role group",
                   "list it under control_plane, workers, etcd or loadbalancers")
     return hosts, paths, groups
+
+
+def _key_path(value: str | None) -> str | None:
+    """A relative key path is taken from the current folder, as ansible does; made absolute
+    here because playbooks run from their own private folder."""
+    return str(Path(value).expanduser().absolute()) if value else None

@@ -18,8 +18,10 @@ from . import CACHE_DIR
 from .procs import flocked
 
 SUITE = "bookworm"
+# What a Debian cloud or Vagrant image has: python3-apt for ansible's apt module, kmod for
+# modprobe.d, python3-yaml (cloud-init's dependency there; the test stand-ins read YAML with it).
 BASE_PACKAGES = ("systemd", "systemd-sysv", "dbus", "openssh-server", "python3", "iproute2",
-                 "python3-apt", "kmod", "ca-certificates")
+                 "python3-apt", "kmod", "ca-certificates", "python3-yaml")
 BASE_DIR = CACHE_DIR / f"base-{SUITE}"
 STAMP = ".provisioner-base"  # in BASE_DIR: what it was built with; a change rebuilds it
 SOURCES = (Path("/etc/apt/sources.list.d/debian.sources"), Path("/etc/apt/sources.list"))

@@ -38,6 +38,15 @@ def validate(c, inventory=DEFAULT_INVENTORY):
           f"{cluster.kubernetes_version}, ha_mode {cluster.ha_mode}, API {cluster.api_endpoint}")
 
 
+def summarize(changes: list[str], keep: int = 3) -> list[str]:
+    """Long runs of file writes shrink to the first few and a count."""
+    writes = [c for c in changes if c.startswith("write ")]
+    if len(writes) <= keep + 1:
+        return changes
+    rest = [c for c in changes if not c.startswith("write ")]
+    return writes[:keep] + [f"and {len(writes) - keep} more files"] + rest
+
+
 def print_plan(plan, verb="would") -> int:
     """One block per phase: the hosts with work and what changes there. Returns #changes."""
     total = 0
@@ -48,7 +57,7 @@ def print_plan(plan, verb="would") -> int:
         print(f"{phase.name:<20} {len(work)} host(s) {verb} change")
         for host, changes in sorted(work.items()):
             total += len(changes)
-            print(f"  {host}: " + "; ".join(changes))
+            print(f"  {host}: " + "; ".join(summarize(changes)))
     return total
 
 
