@@ -183,6 +183,10 @@ class Lab:
             self._prepare(n)
         return self.boot_and_wait(nodes, timeout)
 
+    def stop(self, names) -> None:
+        """Power nodes off at once, as a crash would (tests of a node lost mid-run)."""
+        self._stop(list(names), grace=0)
+
     def ensure_key(self) -> Path:
         """The lab's SSH key (created once, 0600), authorized for root on every node."""
         if not self.key_file.exists():
@@ -413,6 +417,7 @@ class Lab:
         for name in names:
             (self.runtime / f"{name}.pid").unlink(missing_ok=True)
             self._unmount(self.node_dir(name))
+            _drop_link(f"vb-{name}"[:15])
 
     def _unmount(self, node_dir: Path) -> None:
         for mount in reversed(_mounts_under(node_dir)):
@@ -427,6 +432,16 @@ ENABLED_UNITS = (
      "systemd-networkd-wait-online.service"),
     ("multi-user.target.wants/ssh.service", "ssh.service"),
 )
+
+
+def _drop_link(name: str, wait: float = 5) -> None:
+    """The kernel removes a dead node's veth shortly after; a reboot must not race it."""
+    deadline = time.monotonic() + wait
+    while Path("/sys/class/net", name).exists():
+        if time.monotonic() > deadline:
+            subprocess.run(["ip", "link", "del", name], capture_output=True)
+            return
+        time.sleep(0.1)
 
 
 def _run(cmd: list[str]) -> str:
