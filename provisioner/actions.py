@@ -105,44 +105,57 @@ class Run:
         return [(p, p.work(self.ctx)) for p in phases]
 
     def apply(self, phase: ph.Phase, work: dict[str, list[str]]) -> None:
+        """Do `phase` on the hosts in `work`. A host that fails or is lost is dropped and the
+        others finish the phase; then the phase fails naming that host, so a rerun (after the
+        host is back) picks up exactly what is left."""
         if phase.needs_bundle and self.ctx.bundle is None:
             raise BundleMissing(bundles.missing_message(self.cluster))
         nodes = [self.cluster.node(h) for h in work]
-        pushed = self._push(phase, nodes)
-        restart = {n.name: self._restart_units(phase, n, pushed.get(n.name, {})) for n in nodes}
+        pushed, errors = self._push(phase, nodes)
+        nodes = [n for n in nodes if n.name not in errors]
+        log = None
         if phase.name == "kubeconfig":
             self._fetch_kubeconfig()
-        elif phase.playbook:
-            batches = [[n] for n in nodes] if phase.serial else [nodes]
-            for batch in batches:
+        elif phase.playbook and nodes:
+            ran = []
+            for batch in ([n] for n in nodes) if phase.serial else [nodes]:
+                ran += batch
                 result = runner.run_playbook(
                     self.cluster, phase.playbook, batch,
                     extravars={"phase": phase.name, **playbook_vars(self.cluster)},
-                    hostvars={n.name: {"changed_files": sorted(pushed.get(n.name, {})),
-                                       "phase_files": sorted(
-                                           i.path for i in self.ctx.files(n, phase.name)),
-                                       "restart_units": restart[n.name]}
+                    hostvars={n.name: self._hostvars(phase, n, pushed.get(n.name, {}))
                               for n in batch},
                     state_dir=self.state.dir, known_hosts=self.state.known_hosts,
                     progress=self.progress, phase=phase.name)
+                for host, task, msg in result.failures:
+                    errors.setdefault(host, f"{task}: {msg}")
                 if not result.ok:
-                    lines = [f"  {h}: {task}: {msg}" for h, task, msg in result.failures]
-                    raise PhaseFailed(f"phase {phase.name} failed:\n" + "\n".join(lines)
-                                      + f"\nfull log: {result.log_path}\n"
-                                      f"fix the cause, then rerun (or `--from {phase.name}`)")
+                    log = result.log_path
+                    if phase.serial:  # the next control plane joins only after this one
+                        break
             stamps = {n.name: {phase.stamp_path: (phase.stamp(self.ctx, n), 0o644)}
-                      for n in nodes if phase.stamped(self.ctx, n)}
-            if stamps:
-                self._put(stamps, phase)
-        lost = self.probe([n.name for n in nodes])
-        if lost:
-            raise PhaseFailed(f"phase {phase.name}: lost contact with " + "; ".join(lost)
-                              + "\nthe other hosts finished this phase; bring the host back and "
-                              "rerun cluster.up")
+                      for n in ran if n.name not in errors and phase.stamped(self.ctx, n)}
+            errors.update(self._put(stamps))
+        if nodes:
+            for line in self.probe([n.name for n in nodes]):
+                host, _, why = line.partition(": ")
+                errors.setdefault(host, "lost contact: " + why)
+        if errors:
+            raise PhaseFailed(
+                f"phase {phase.name} failed on {', '.join(sorted(errors))}:\n"
+                + "\n".join(f"  {h}: {e}" for h, e in sorted(errors.items()))
+                + (f"\nfull log: {log}" if log else "")
+                + "\nthe other hosts finished this phase; fix the cause (or bring the host back)"
+                f" and rerun cluster.up (or `--from {phase.name}`)")
         left = {h: p for h, p in phase.work(self.ctx).items() if h in work}
         if left:
             raise PhaseFailed(f"phase {phase.name} did not converge: " + "; ".join(
                 f"{h}: {', '.join(p)}" for h, p in left.items()))
+
+    def _hostvars(self, phase: ph.Phase, node, pushed: dict) -> dict:
+        return {"changed_files": sorted(pushed),
+                "phase_files": sorted(i.path for i in self.ctx.files(node, phase.name)),
+                "restart_units": self._restart_units(phase, node, pushed)}
 
     def _restart_units(self, phase: ph.Phase, node, pushed: dict) -> list[str]:
         """Units whose files changed now; after a run that stopped between pushing and
@@ -155,23 +168,26 @@ class Run:
             items = []
         return sorted({u for i in items for u in i.restart})
 
-    def _push(self, phase: ph.Phase, nodes) -> dict[str, dict[str, ph.Item]]:
+    def _push(self, phase: ph.Phase, nodes) -> tuple[dict[str, dict[str, ph.Item]], dict]:
+        """Place the phase's files whose checksum differs; ({host: pushed}, {host: error})."""
         todo: dict[str, dict[str, ph.Item]] = {}
         for n in nodes:
             have = self.ctx.facts[n.name].files
-            todo[n.name] = {i.path: i for i in self.ctx.files(n, phase.name)
-                            if have.get(i.path) != i.sha256}
-        todo = {h: items for h, items in todo.items() if items}
-        if todo:
-            self._put({h: {p: (i.data, i.mode) for p, i in items.items()}
-                       for h, items in todo.items()}, phase)
-        return todo
+            items = {i.path: i for i in self.ctx.files(n, phase.name)
+                     if have.get(i.path) != i.sha256}
+            if items:
+                todo[n.name] = items
+        errors = self._put({h: {p: (i.data, i.mode) for p, i in items.items()}
+                            for h, items in todo.items()})
+        return todo, errors
 
-    def _put(self, files, phase: ph.Phase) -> None:
+    def _put(self, files) -> dict[str, str]:
+        """Push {host: {path: (bytes, mode)}}; returns {host: error} for hosts that failed."""
+        if not files:
+            return {}
         hashes = {h: self.ctx.facts[h].files for h in files}
-        failed = [r.error for r in self.pool.put_many(files, hashes).values() if r.error]
-        if failed:
-            raise PhaseFailed(f"phase {phase.name}: could not place files: " + "; ".join(failed))
+        return {h: "could not place files: " + r.error
+                for h, r in self.pool.put_many(files, hashes).items() if r.error}
 
     def _fetch_kubeconfig(self) -> None:
         first = self.cluster.first_control_plane.name

@@ -1,0 +1,207 @@
+"""provisioner.runner and provisioner.progress against real sshd hosts (tests/sshd.py): real
+ansible-playbook runs over real SSH, nothing mocked."""
+
+from __future__ import annotations
+
+import io
+import json
+import secrets
+import stat
+from pathlib import Path
+
+import pytest
+from rich.console import Console
+
+from provisioner import runner
+from provisioner.model import Node
+from provisioner.progress import Progress
+from tests.sshd import sshd_hosts  # noqa: F401 - the fixture
+
+DATA = Path(__file__).parent / "data" / "playbooks"
+
+
+def nodes_of(hosts, roles=("workers",)) -> list[Node]:
+    return [Node(h.name, h.address, roles, "root", h.port, h.key_file) for h in hosts]
+
+
+@pytest.fixture
+def env(sshd_hosts, tmp_path, tmp_path_factory):  # noqa: F811
+    """A state dir (short path: ControlPath sockets live in it) and a complete known_hosts."""
+    state = tmp_path_factory.mktemp("st")
+    known = Path(sshd_hosts.write_known_hosts(tmp_path / "known_hosts"))
+    return state, known
+
+
+def quiet_progress() -> tuple[Progress, io.StringIO]:
+    out = io.StringIO()
+    return Progress(console=Console(file=out, width=200), live=False), out
+
+
+def run_dir_of(result: runner.RunResult) -> Path:
+    return result.log_path.parent.parent.parent  # <run dir>/artifacts/<id>/stdout
+
+
+def test_ping_every_host_and_inventory(sshd_hosts, env):  # noqa: F811
+    state, known = env
+    nodes = nodes_of(sshd_hosts[:2], ("control_plane", "etcd")) + nodes_of(sshd_hosts[2:])
+    result = runner.run_playbook(None, "00-ping.yml", nodes, {"phase": "ping"},
+                                 {"h1": {"first": True}}, state, known, phase="ping")
+    assert result.ok, result.failures
+    assert result.per_host == {h.name: {"ok": 1, "changed": 0, "failed": 0, "unreachable": 0,
+                                        "skipped": 0} for h in sshd_hosts}
+    run_dir = run_dir_of(result)
+    assert run_dir.parent == state / "runs" and run_dir.name.endswith("-ping")
+    inv = json.loads((run_dir / "inventory" / "hosts.json").read_text())["all"]
+    assert inv["hosts"]["h1"]["ansible_host"] == sshd_hosts[0].address
+    assert inv["hosts"]["h1"]["ansible_port"] == sshd_hosts[0].port
+    assert inv["hosts"]["h1"]["first"] is True
+    assert sorted(inv["children"]["control_plane"]["hosts"]) == ["h1", "h2"]
+    assert sorted(inv["children"]["workers"]["hosts"]) == ["h3"]
+    assert inv["children"]["loadbalancers"]["hosts"] == {}
+    assert stat.S_IMODE((run_dir / "env" / "extravars").stat().st_mode) == 0o600
+    assert "ping hosts" in result.log_path.read_text()
+
+
+def test_changed_counts_failure_record_and_progress_lines(sshd_hosts, env, tmp_path):  # noqa: F811
+    state, known = env
+    progress, out = quiet_progress()
+    run_id = secrets.token_hex(4)
+    result = runner.run_playbook(None, str(DATA / "runner-ops.yml"), nodes_of(sshd_hosts),
+                                 {"run_id": run_id, "fail_on": ["h2"]}, None, state, known,
+                                 progress=progress, phase="ops")
+    assert not result.ok
+    assert result.per_host["h1"] == {"ok": 2, "changed": 1, "failed": 0, "unreachable": 0,
+                                     "skipped": 1}
+    assert result.per_host["h2"]["failed"] == 1 and result.per_host["h2"]["changed"] == 1
+    assert result.changed == ["h1", "h2", "h3"]
+    assert len(result.failures) == 1
+    host, task, message = result.failures[0]
+    assert (host, task) == ("h2", "fail where asked")
+    assert "this host was told to fail" in message
+    assert "fail where asked" in result.log_path.read_text()
+    for h in sshd_hosts:  # the changed task really ran on every host
+        marker = Path(f"/tmp/pv-runner-test-{h.name}-{run_id}")
+        assert marker.exists()
+        marker.unlink()
+
+    # plain output: one line per host per finished task, none for starts or skips
+    lines = out.getvalue().splitlines()
+    assert len(lines) == 3 * 2 + 1, lines
+    assert sum(" changed " in line and "touch a marker" in line for line in lines) == 3
+    failed = [line for line in lines if " failed " in line]
+    assert len(failed) == 1 and "h2" in failed[0] and "told to fail" in failed[0]
+    assert progress.hosts["h2"].failed == 1 and progress.hosts["h1"].changed == 1
+
+    console = Console(file=io.StringIO(), width=200)
+    console.print(progress.summary())
+    summary = console.file.getvalue()
+    assert "ops" in summary and "h2" in summary
+
+
+def test_unreachable_host_is_reported(sshd_hosts, env):  # noqa: F811
+    state, known = env
+    dead = Node("dead", "127.0.0.250", ("workers",), "root", sshd_hosts[0].port,
+                sshd_hosts[0].key_file)
+    result = runner.run_playbook(None, "00-ping.yml", nodes_of(sshd_hosts[:2]) + [dead], {},
+                                 None, state, known, phase="ping", timeout=5)
+    assert not result.ok
+    assert result.per_host["dead"]["unreachable"] == 1
+    assert result.per_host["h1"]["ok"] == 1 and result.per_host["h2"]["ok"] == 1
+    assert [f[0] for f in result.failures] == ["dead"]
+    assert result.failures[0][2].startswith("unreachable: ")
+
+
+def test_host_missing_from_known_hosts_is_refused(sshd_hosts, tmp_path, tmp_path_factory):  # noqa: F811
+    known = tmp_path / "known_hosts"
+    known.write_text(sshd_hosts[0].known_hosts_line + "\n")  # h2 is not known
+    before = known.read_text()
+    result = runner.run_playbook(None, "00-ping.yml", nodes_of(sshd_hosts[:2]), {}, None,
+                                 tmp_path_factory.mktemp("st"), known, phase="ping")
+    assert not result.ok
+    assert result.per_host["h1"]["ok"] == 1
+    assert result.per_host["h2"]["unreachable"] == 1
+    assert "Host key verification failed" in result.failures[0][2]
+    assert known.read_text() == before  # nothing was added silently
+
+
+def _everything_under(path: Path) -> bytes:
+    return b"".join(p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file())
+
+
+def test_secret_values_never_reach_artifacts_or_output(sshd_hosts, env, tmp_path):  # noqa: F811
+    state, known = env
+    value = "s3cr3t-" + secrets.token_hex(12)
+    progress, out = quiet_progress()
+    secret_path = tmp_path / "got-secret"
+    result = runner.run_playbook(
+        None, str(DATA / "runner-secret.yml"), nodes_of(sshd_hosts), {"secret_path": str(secret_path)},
+        {"h3": {"fail_with_secret": True}}, state, known, progress=progress, phase="secret",
+        secrets={"test_token": value})
+    # the secret reached the hosts (they are this machine) ...
+    assert secret_path.read_text().strip() == value
+    # ... h3 failed in a no_log task whose output held the secret ...
+    assert [(h, t) for h, t, _ in result.failures] == [
+        ("h3", "fail with the secret in the output (hidden by no_log)")]
+    # ... and it appears nowhere: run dir (artifacts, events, env, inventory), output, result
+    run_dir = run_dir_of(result)
+    assert value.encode() not in _everything_under(run_dir)
+    assert not list(run_dir.glob(".secrets-*"))  # the 0600 vars file is gone
+    progress.stop()
+    console = Console(file=out, width=200)
+    console.print(progress.summary())
+    assert value not in out.getvalue()
+    assert value not in repr(result)
+    assert "censored" in result.log_path.read_text() or "no_log" in result.log_path.read_text()
+
+
+def test_secret_named_extravar_is_moved_out_and_redacted_when_printed(sshd_hosts, env, tmp_path):  # noqa: F811
+    """An extravar named *_token goes to the deleted secrets file, not env/extravars; a task
+    that prints it by mistake (no no_log) is caught by the redaction safety net."""
+    state, known = env
+    value = "leak-" + secrets.token_hex(12)
+    progress, out = quiet_progress()
+    secret_path = tmp_path / "got-secret"
+    result = runner.run_playbook(
+        None, str(DATA / "runner-secret.yml"), nodes_of(sshd_hosts[:1]),
+        {"secret_path": str(secret_path), "test_token": value, "leaky": True}, None, state, known,
+        progress=progress, phase="leak")
+    assert result.ok, result.failures
+    assert secret_path.read_text().strip() == value
+    run_dir = run_dir_of(result)
+    assert "test_token" not in (run_dir / "env" / "extravars").read_text()
+    assert value.encode() not in _everything_under(run_dir)
+    assert f"the token is {runner.REDACTED}" in result.log_path.read_text()
+    assert value not in out.getvalue()
+
+
+def test_run_dirs_rotate_to_newest_20(sshd_hosts, env):  # noqa: F811
+    state, known = env
+    runs = state / "runs"
+    runs.mkdir(parents=True, exist_ok=True)
+    for i in range(25):  # older than any real run (names sort by UTC time)
+        (runs / f"20000101T0000{i:02d}.000000Z-old").mkdir()
+    result = runner.run_playbook(None, "00-ping.yml", nodes_of(sshd_hosts[:1]), {}, None,
+                                 state, known, phase="rot")
+    assert result.ok
+    left = sorted(p.name for p in runs.iterdir())
+    assert len(left) == runner.KEEP_RUNS
+    assert run_dir_of(result).name in left
+    assert left[0] == "20000101T000006.000000Z-old"  # the 6 oldest went
+
+
+def test_progress_paramiko_steps_and_secrets():
+    progress, out = quiet_progress()
+    progress.add_secrets(["topsecretvalue"])
+    progress.phase("files", ["a", "b"])
+    progress.step("a", "files", "push 3 files")
+    progress.done("a", changed=True)
+    progress.step("b", "files", "push 0 files")
+    progress.done("b", changed=False)
+    progress.step("b", "files", "write topsecretvalue")
+    progress.done("b", failed="could not write topsecretvalue")
+    a, b = progress.hosts["a"], progress.hosts["b"]
+    assert (a.ok, a.changed, b.ok, b.changed, b.failed) == (1, 1, 1, 0, 1)
+    text = out.getvalue()
+    assert len(text.splitlines()) == 3
+    assert "topsecretvalue" not in text and runner.REDACTED in text
+    assert set(progress.phase_times) == {"files"}
