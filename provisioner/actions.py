@@ -8,6 +8,7 @@ are probed again and the phase must report nothing left to do.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -72,7 +73,9 @@ class Run:
             for node in ph.kube_nodes(cluster):
                 items[node.name].setdefault("binaries", []).extend(binaries)
         ctx = ph.Context(cluster, items, facts={}, bundle=found)
-        ctx.local["kubeconfig"] = state.kubeconfig.exists()
+        source = state.dir / "kubeconfig.source"
+        if state.kubeconfig.exists() and source.exists():
+            ctx.local["kubeconfig_source"] = source.read_text().strip()
         return cls(cluster, state, ctx, progress=progress)
 
     # -- talking to hosts ----------------------------------------------------------------------
@@ -177,9 +180,18 @@ class Run:
                      if have.get(i.path) != i.sha256}
             if items:
                 todo[n.name] = items
+        for h, items in todo.items():
+            self._step(h, phase.name, f"push {len(items)} file(s)")
         errors = self._put({h: {p: (i.data, i.mode) for p, i in items.items()}
                             for h, items in todo.items()})
+        for h in todo:
+            if self.progress is not None:
+                self.progress.done(h, changed=h not in errors, failed=errors.get(h))
         return todo, errors
+
+    def _step(self, host: str, phase: str, text: str) -> None:
+        if self.progress is not None:
+            self.progress.step(host, phase, text)
 
     def _put(self, files) -> dict[str, str]:
         """Push {host: {path: (bytes, mode)}}; returns {host: error} for hosts that failed."""
@@ -191,7 +203,7 @@ class Run:
 
     def _fetch_kubeconfig(self) -> None:
         first = self.cluster.first_control_plane.name
-        src = "/etc/rancher/k3s/k3s.yaml" if self.cluster.is_k3s else ph.ADMIN_CONF
+        src = ph.admin_config(self.cluster)
         result = self.pool.run(f"cat {src}", hosts=[first])[first]
         if result.rc != 0:
             raise PhaseFailed(f"{first}: cannot read {src}: {result.stderr.strip()[:200]}")
@@ -199,7 +211,9 @@ class Run:
         for entry in config.get("clusters", []):
             entry["cluster"]["server"] = self.cluster.kubeconfig_server
         write_secret(self.state.kubeconfig, yaml.safe_dump(config).encode())
-        self.ctx.local["kubeconfig"] = True
+        digest = hashlib.sha256(result.stdout.encode()).hexdigest()
+        (self.state.dir / "kubeconfig.source").write_text(digest + "\n")
+        self.ctx.local["kubeconfig_source"] = digest
 
 
 def playbook_vars(cluster: Cluster) -> dict:

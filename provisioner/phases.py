@@ -139,8 +139,14 @@ def file_present(path: str, action: str) -> Check:
 
 
 def kubeconfig_fetched(ctx: Context, node: Node):
-    if not ctx.local.get("kubeconfig"):
+    """The controller's copy was taken from the admin config the node has now."""
+    source = ctx.facts[node.name].files.get(admin_config(ctx.cluster))
+    if source is None or ctx.local.get("kubeconfig_source") != source:
         yield "copy the admin kubeconfig to the controller (0600)"
+
+
+def admin_config(c: Cluster) -> str:
+    return K3S_ADMIN_CONF if c.is_k3s else ADMIN_CONF
 
 
 # ---------------------------------------------------------------------------------------------
@@ -198,6 +204,7 @@ ADMIN_CONF = "/etc/kubernetes/admin.conf"
 KUBELET_CONF = "/etc/kubernetes/kubelet.conf"
 K3S_NODE_TOKEN = "/var/lib/rancher/k3s/server/node-token"
 K3S_AGENT_CONF = "/var/lib/rancher/k3s/agent/kubelet.kubeconfig"
+K3S_ADMIN_CONF = "/etc/rancher/k3s/k3s.yaml"
 
 
 def lb_running(ctx: Context, node: Node):
@@ -242,7 +249,8 @@ UP: list[Phase] = [
           markers=(KUBELET_CONF, K3S_AGENT_CONF)),
     Phase("cni", "08-addons.yml", first_control_plane, needs_bundle=True),
     Phase("addons", "08-addons.yml", first_control_plane, needs_bundle=True),
-    Phase("kubeconfig", None, first_control_plane, (kubeconfig_fetched,), needs_bundle=True),
+    Phase("kubeconfig", None, first_control_plane, (kubeconfig_fetched,), needs_bundle=True,
+          markers=(ADMIN_CONF, K3S_ADMIN_CONF)),
 ]
 
 

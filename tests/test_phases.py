@@ -31,7 +31,7 @@ def converged_facts(cluster, items):
 
 def ctx_for(cluster, items, facts, bundle=object()):
     c = ph.Context(cluster, items, facts, bundle=bundle)
-    c.local["kubeconfig"] = True
+    c.local["kubeconfig_source"] = "0" * 64  # taken from the admin config the node has
     return c
 
 
@@ -109,3 +109,12 @@ def test_hosts_per_phase_follow_the_topology():
     assert names(ph.etcd_nodes, K3S) == []  # embedded etcd
     assert names(ph.lb_nodes, K3S) == ["s1", "s2", "s3"]  # kube-vip on the servers
     assert ph.named("join-control-plane").serial and not ph.named("join-workers").serial
+
+
+def test_a_new_admin_config_on_the_first_control_plane_is_copied_again():
+    items = items_for(LAB)
+    facts = converged_facts(LAB, items)
+    facts["cp1"].files[ph.ADMIN_CONF] = "a" * 64  # e.g. the cluster was rebuilt
+    work = {p.name: p.work(ctx_for(LAB, items, facts)) for p in ph.UP}
+    assert {k: v for k, v in work.items() if v} == {
+        "kubeconfig": {"cp1": ["copy the admin kubeconfig to the controller (0600)"]}}

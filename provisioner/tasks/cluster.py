@@ -79,9 +79,12 @@ def plan(c, inventory=DEFAULT_INVENTORY, bundle=None, from_=None, trust_new_host
 def up(c, inventory=DEFAULT_INVENTORY, bundle=None, from_=None, trust_new_hosts=False):
     """Build or converge the cluster: validate, preflight, then every phase that has work."""
     from .. import actions
+    from ..progress import Progress
 
     cluster = inv.load(inventory)
-    result = actions.up(cluster, bundle_dir=bundle, start=from_, trust_new=trust_new_hosts)
+    with Progress() as progress:
+        result = actions.up(cluster, bundle_dir=bundle, start=from_, trust_new=trust_new_hosts,
+                            progress=progress)
     n = print_plan(result, verb="did")
     print(f"cluster {cluster.cluster_name} converged ({n} change(s))")
 
