@@ -30,11 +30,11 @@ class LoseNodeAt:
     """Progress stand-in that powers a node off when a given phase starts."""
 
     def __init__(self, lab, node, phase):
-        self.lab, self.node, self.at, self.done = lab, node, phase, False
+        self.lab, self.node, self.at, self.fired = lab, node, phase, False
 
     def phase(self, name, hosts=()):
-        if name == self.at and not self.done:
-            self.done = True
+        if name == self.at and not self.fired:
+            self.fired = True
             self.lab.lab.stop([self.node])
 
     def __getattr__(self, _name):  # every other progress call is ignored

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import subprocess
+import sys
 import time
 
 import pytest
@@ -158,9 +160,13 @@ def test_kube_phases_run_in_order_with_stand_ins(fresh, with_bundle):
     assert all(len(j) == 1 and j[0]["result"] == "ok" for j in joins.values()), joins
     # control planes joined one at a time, after init
     assert inits[0]["time"] < joins["cp2"][0]["time"] < joins["cp3"][0]["time"]
+    key_hash = hashlib.sha256(secrets["certificate_key"].encode()).hexdigest()
+    assert key_hash in json.dumps(inits[0]["config"])
     for name, (entry,) in joins.items():
         assert token_hash in json.dumps(entry["config"]), name
         assert secrets["bootstrap_token"] not in json.dumps(entry)
+        # control planes get the certificate key to fetch the shared certs; workers never do
+        assert (key_hash in json.dumps(entry["config"])) == name.startswith("cp"), name
     # no secret ever reaches a log on the nodes
     for n in fresh.cluster.nodes:
         rc, out, _ = fresh.run(n.name, "cat /var/log/standin/*.jsonl 2>/dev/null")
@@ -187,3 +193,14 @@ def test_second_up_is_refused_while_one_runs(fresh):
     with state.lock():
         with pytest.raises(UserError, match="another action is running"):
             actions.up(fresh.cluster, dry_run=True)
+
+
+def test_status_shows_every_host_and_its_services(fresh, with_bundle):
+    out = subprocess.run([sys.executable, "-m", "invoke", "cluster.status"],
+                         env=dict(fresh.env, COLUMNS="200"), capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr
+    for n in fresh.cluster.nodes:
+        assert n.name in out.stdout
+    row = next(line for line in out.stdout.splitlines() if " cp1 " in line)
+    assert row.count("active") >= 2  # containerd and etcd on cp1
