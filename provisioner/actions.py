@@ -97,6 +97,19 @@ class Run:
         self.ctx.facts.update(found)
         return [f"{h}: {f.error}" for h, f in found.items() if not f.reachable]
 
+    def survey(self, trust_new: bool = False) -> None:
+        """Connect, read every host's facts, and stop before any change if preflight fails."""
+        self.connect(trust_new)
+        self.probe()
+        self.preflight()
+
+    def file_states(self, host: str) -> list[tuple[str, str, str]]:
+        """(phase, node path, new | changed | unchanged) of every file managed on `host`."""
+        have = self.ctx.facts[host].files
+        return [(phase, i.path, "unchanged" if have.get(i.path) == i.sha256
+                 else "new" if have.get(i.path) is None else "changed")
+                for phase, items in self.ctx.items[host].items() for i in items]
+
     def preflight(self) -> None:
         problems = preflight.check(self.cluster, self.ctx.facts)
         if preflight.has_errors(problems):
@@ -250,17 +263,24 @@ def phases_from(start: str | None, phases=ph.UP) -> list[ph.Phase]:
     return list(phases[names.index(start):])
 
 
+def plan(cluster: Cluster, bundle_dir=None, start=None, trust_new=False) -> tuple[Run, list]:
+    """The dry run: what each phase would change on each host, and the run that found it."""
+    phases = phases_from(start)
+    run = Run.prepare(cluster, bundle_dir)
+    with run.state.lock():
+        run.survey(trust_new)
+    return run, run.plan(phases)
+
+
 def up(cluster: Cluster, bundle_dir=None, start=None, dry_run=False, trust_new=False,
        progress=None) -> list[tuple[ph.Phase, dict[str, list[str]]]]:
     """Converge the cluster. Returns what each phase did (or, with dry_run, would do)."""
+    if dry_run:
+        return plan(cluster, bundle_dir, start, trust_new)[1]
     phases = phases_from(start)
     run = Run.prepare(cluster, bundle_dir, progress=progress)
     with run.state.lock():
-        run.connect(trust_new)
-        run.probe()
-        run.preflight()
-        if dry_run:
-            return run.plan(phases)
+        run.survey(trust_new)
         done = []
         for phase in phases:
             work = phase.work(run.ctx)  # fresh: earlier phases changed the facts

@@ -204,3 +204,15 @@ def test_status_shows_every_host_and_its_services(fresh, with_bundle):
         assert n.name in out.stdout
     row = next(line for line in out.stdout.splitlines() if " cp1 " in line)
     assert row.count("active") >= 2  # containerd and etcd on cp1
+
+
+def test_plan_lists_every_managed_file_unchanged_on_a_converged_cluster(fresh, with_bundle, bundle):
+    out = subprocess.run([sys.executable, "-m", "invoke", "cluster.plan", "--files",
+                          "--bundle", str(bundle)], env=fresh.env, capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    states = [line.split()[0] for line in out.stdout.splitlines() if line.startswith("  ")
+              and line.split()[0] in ("new", "changed", "unchanged")]
+    assert len(states) > 50 and set(states) == {"unchanged"}
+    assert "/etc/kubernetes/kubeadm-init.yaml  (control-plane)" in out.stdout
+    assert "cluster is converged: nothing to do" in out.stdout

@@ -16,6 +16,7 @@ HELP = {
     "from_": "resume at this phase (phases: " + ", ".join(p.name for p in ph.UP) + ")",
     "trust_new_hosts": "record the SSH host keys of hosts not yet in known_hosts",
     "yes": "do not ask for confirmation",
+    "files": "also list every managed file per host (new, changed, unchanged) and its services",
 }
 
 
@@ -61,15 +62,22 @@ def print_plan(plan, verb="would") -> int:
     return total
 
 
-@task(help=helps("inventory", "bundle", "from_", "trust_new_hosts"))
+@task(help=helps("inventory", "bundle", "from_", "trust_new_hosts", "files"))
 @user_errors
-def plan(c, inventory=DEFAULT_INVENTORY, bundle=None, from_=None, trust_new_hosts=False):
+def plan(c, inventory=DEFAULT_INVENTORY, bundle=None, from_=None, trust_new_hosts=False,
+         files=False):
     """Dry run: probe the hosts and print, per phase and host, what cluster.up would change."""
     from .. import actions
 
     cluster = inv.load(inventory)
-    result = actions.up(cluster, bundle_dir=bundle, start=from_, dry_run=True,
-                        trust_new=trust_new_hosts)
+    run, result = actions.plan(cluster, bundle_dir=bundle, start=from_, trust_new=trust_new_hosts)
+    if files:
+        for n in cluster.nodes:
+            services = run.ctx.facts[n.name].services
+            print(f"{n.name}: " + ", ".join(f"{u} {s.get('active', '?')}"
+                                             for u, s in sorted(services.items())))
+            for phase, path, state in run.file_states(n.name):
+                print(f"  {state:<9} {path}  ({phase})")
     n = print_plan(result)
     print(f"{n} change(s) pending" if n else "cluster is converged: nothing to do")
 
