@@ -132,8 +132,6 @@ def ensure(cluster: Cluster, state: State) -> dict[str, dict[str, tuple[bytes, i
         for n in cluster.control_planes:
             for f in ("ca.crt", "ca.key", "front-proxy-ca.crt", "front-proxy-ca.key"):
                 place(n.name, f"/etc/kubernetes/pki/{f}", pki / f)
-        for n in cluster.workers:
-            place(n.name, "/etc/kubernetes/pki/ca.crt", pki / "ca.crt")
 
     if cluster.external_etcd:
         etcd = pki / "etcd"

@@ -296,11 +296,9 @@ def node_labels(n: Node) -> str:
 
 
 def preflight_ignores(c: Cluster, n: Node) -> list[str]:
-    """kubeadm join checks the provisioner's own placements would trip: the CA it pushes to
-    workers (pki phase), and the kube-vip static pod already in manifests/ on control planes."""
+    """kubeadm join checks the provisioner's own placements would trip: the kube-vip static
+    pod already in manifests/ on control planes. (Workers get their CA from the join itself.)"""
     out = []
-    if is_worker(c, n):
-        out.append("FileAvailable--etc-kubernetes-pki-ca.crt")
     if c.ha_mode == "kube-vip" and is_cp(c, n):
         out.append("DirAvailable--etc-kubernetes-manifests")
     return out

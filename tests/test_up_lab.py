@@ -213,6 +213,8 @@ def test_plan_lists_every_managed_file_unchanged_on_a_converged_cluster(fresh, w
     assert out.returncode == 0, out.stderr
     states = [line.split()[0] for line in out.stdout.splitlines() if line.startswith("  ")
               and line.split()[0] in ("new", "changed", "unchanged")]
-    assert len(states) > 50 and set(states) == {"unchanged"}
+    assert len(states) > 50
+    assert set(states) == {"unchanged"}, [line for line in out.stdout.splitlines()
+                                          if line.strip().startswith(("new", "changed"))]
     assert "/etc/kubernetes/kubeadm-init.yaml  (control-plane)" in out.stdout
     assert "cluster is converged: nothing to do" in out.stdout
