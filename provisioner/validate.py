@@ -415,6 +415,17 @@ def check_single_endpoint(cluster: Cluster, where) -> Iterable[Problem]:
                       "use ha_mode kube-vip, haproxy or local")
 
 
+def check_local_mode_kubeadm(cluster: Cluster, where) -> Iterable[Problem]:
+    """`local` puts the 127.0.0.1 API proxy on workers only; a joining kubeadm control plane
+    would bootstrap its kubelet against 127.0.0.1, its own API server not yet serving."""
+    count = len(cluster.control_planes)
+    if cluster.ha_mode == "local" and not cluster.is_k3s and count > 1:
+        yield problem(where, "ha_mode", f"ha_mode local (the default with {count} control "
+                      "planes) cannot join further kubeadm control planes",
+                      "use ha_mode kube-vip with an api_vip, or haproxy with a loadbalancers "
+                      "pair; local suits k3s or a single control plane")
+
+
 def check_keepalived_priority(cluster: Cluster, where) -> Iterable[Problem]:
     for n in cluster.nodes:
         prio = n.keepalived_priority
@@ -589,6 +600,7 @@ def _kubelet_refuses(key: str) -> bool:
 
 
 CHECKS = [
+    check_local_mode_kubeadm,
     check_version,
     check_cluster_name,
     check_cluster_domain,
