@@ -59,6 +59,8 @@ SETTINGS: dict[str, Setting] = {
     "sandbox_image": Setting(str, "registry.k8s.io/pause:3.10", None, "pod sandbox image"),
     "bundle_dir": Setting(str, None, None, "offline bundle folder (see `invoke bundle.fetch`)"),
     "download_mirror": Setting(str, "https://dl.k8s.io", None, "base URL bundle.fetch downloads from"),
+    "github_mirror": Setting(str, "https://github.com", None,
+                             "replaces https://github.com for crictl, CNI plugins and k3s"),
     "state_dir": Setting(str, "state", None, "controller folder for secrets, kubeconfig, logs"),
     "lab_bridge": Setting(str, None, None, "host bridge of the built-in lab"),
     "lab_bridge_address": Setting(str, None, None, "host address on the lab bridge (CIDR)"),

@@ -54,6 +54,7 @@ class Cluster:
     sandbox_image: str
     bundle_dir: str | None
     download_mirror: str
+    github_mirror: str
     state_dir: str
     lab_bridge: str | None = None
     lab_bridge_address: str | None = None

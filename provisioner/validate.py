@@ -71,6 +71,11 @@ def group_problem(where, group: str, message: str, fix: str = "") -> Problem:
     return Problem(where.doc.path, line, dotted, message, fix)
 
 
+def check_for_fetch(cluster: Cluster, where) -> list[Problem]:
+    """Every rule but the one that wants bundle_dir to exist: bundle.fetch creates it."""
+    return [p for c in CHECKS if c is not check_bundle_dir for p in c(cluster, where)]
+
+
 def check(cluster: Cluster, where) -> list[Problem]:
     """Every problem every rule finds, each once."""
     return list(dict.fromkeys(p for c in CHECKS for p in c(cluster, where)))
@@ -518,9 +523,11 @@ def check_registry_mirrors(cluster: Cluster, where) -> Iterable[Problem]:
 
 
 def check_download_mirror(cluster: Cluster, where) -> Iterable[Problem]:
-    if not is_url(cluster.download_mirror):
-        yield problem(where, "download_mirror", f"{cluster.download_mirror!r} is not an "
-                      "http(s) URL", "write it like https://dl.k8s.io")
+    for key in ("download_mirror", "github_mirror"):
+        value = getattr(cluster, key)
+        if not is_url(value):
+            yield problem(where, key, f"{value!r} is not an http(s) URL",
+                          "write it like https://mirror.example.com/path")
 
 
 def check_bundle_dir(cluster: Cluster, where) -> Iterable[Problem]:

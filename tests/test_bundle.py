@@ -402,3 +402,24 @@ def test_tasks_fetch_and_verify(tmp_path, release, cluster):
     assert "Traceback" not in r.stderr
     r = invoke("bundle.verify", "-i", str(inventory), "--bundle", str(tmp_path / "none"))
     assert r.returncode == 2 and "invoke bundle.fetch" in r.stderr
+
+
+def test_fetch_accepts_a_bundle_dir_it_is_about_to_create_and_the_inventory_github_mirror(tmp_path):
+    from provisioner import inventory as inv
+    from provisioner import validate
+    from provisioner.errors import InvalidInventory
+
+    path = tmp_path / "inv.yml"
+    path.write_text(f"""all:
+  vars:
+    bundle_dir: {tmp_path}/not-yet
+    github_mirror: https://gh.mirror.internal/proxy
+  children:
+    control_plane: {{hosts: {{cp1: {{ansible_host: 192.168.56.11}}}}}}
+""")
+    with pytest.raises(InvalidInventory, match="bundle_dir"):
+        inv.load(path)  # cluster.up needs the folder
+    cluster = inv.load(path, check=validate.check_for_fetch)  # bundle.fetch makes it
+    urls = [a.url for a in bundles.artifacts(cluster)]
+    assert any(u.startswith("https://gh.mirror.internal/proxy/kubernetes-sigs/cri-tools/")
+               for u in urls), urls

@@ -8,6 +8,7 @@ from invoke import task
 
 from .. import bundle as bundles
 from .. import inventory as inv
+from .. import validate
 from ..errors import UserError
 from . import DEFAULT_INVENTORY, user_errors
 
@@ -26,7 +27,7 @@ HELP = {
 def fetch(c, inventory=DEFAULT_INVENTORY, dest=None, mirror=None, github_mirror=None,
           arch="amd64"):
     """Download the cluster's Kubernetes binaries, checking every published sha256."""
-    cluster = inv.load(inventory)
+    cluster = inv.load(inventory, check=validate.check_for_fetch)
     where = bundles.default_dir(cluster, dest)
     folder = bundles.fetch(cluster, where, mirror=mirror, github_mirror=github_mirror, arch=arch)
     found = bundles.locate(cluster, where, arch=arch)
