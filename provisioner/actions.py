@@ -168,6 +168,25 @@ class Run:
             raise PhaseFailed(f"phase {phase.name} did not converge: " + "; ".join(
                 f"{h}: {', '.join(p)}" for h, p in left.items()))
 
+    def refresh_join_secrets(self, control_plane: bool) -> None:
+        """Before a join into a cluster built in an earlier run: kubeadm's bootstrap token
+        lives 24 h and the uploaded control plane certificates 2 h, so make both again on the
+        first control plane. The secrets travel on stdin, never in a log."""
+        first = self.cluster.first_control_plane.name
+        s = self.state.secrets()
+        kubeconfig = f"--kubeconfig {ph.ADMIN_CONF}"
+        script = (f"set -e\nkubeadm token delete {s['bootstrap_token'].split('.')[0]} "
+                  f"{kubeconfig} >/dev/null 2>&1 || true\n"
+                  f"kubeadm token create {s['bootstrap_token']} --ttl 24h {kubeconfig} >/dev/null\n")
+        if control_plane:
+            script += ("kubeadm init phase upload-certs --upload-certs --certificate-key "
+                       f"{s['certificate_key']} --config /etc/kubernetes/kubeadm-init.yaml "
+                       ">/dev/null\n")
+        result = self.pool.run("sh -s", hosts=[first], stdin=script.encode())[first]
+        if result.rc != 0:
+            raise PhaseFailed(f"{first}: could not renew the join token / uploaded certificates"
+                              f" for the nodes joining now: {result.stderr.strip()[-300:]}")
+
     def _hostvars(self, phase: ph.Phase, node, pushed: dict) -> dict:
         return {"changed_files": sorted(pushed),
                 "phase_files": sorted(i.path for i in self.ctx.files(node, phase.name)),
@@ -286,6 +305,9 @@ def up(cluster: Cluster, bundle_dir=None, start=None, dry_run=False, trust_new=F
             work = phase.work(run.ctx)  # fresh: earlier phases changed the facts
             if progress:
                 progress.phase(phase.name, sorted(work))
+            if work and phase.name.startswith("join-") and not cluster.is_k3s \
+                    and not any(p.name == "control-plane" and w for p, w in done):
+                run.refresh_join_secrets(control_plane=phase.name == "join-control-plane")
             if work:
                 run.apply(phase, work)
             done.append((phase, work))

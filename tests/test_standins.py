@@ -561,3 +561,20 @@ def test_k3s_kubectl_needs_the_server_kubeconfig(nodes, k3s_bundle):
     node.put("/etc/rancher/k3s/k3s.yaml", "apiVersion: v1\nkind: Config\n", 0o600)
     r = node.run("k3s", "kubectl", "apply", "-f", "/tmp/cm.yaml")
     assert r.returncode == 0 and "configmap/x recorded" in r.stdout
+
+
+def test_token_renewal_and_upload_certs_need_the_cluster_and_never_log_the_secret(nodes):
+    node = nodes("cp1")
+    token, key = "abcdef.0123456789abcdef", "a" * 64
+    r = node.run("kubeadm", "token", "create", token, "--ttl", "24h")
+    assert r.returncode == 1 and "failed to load admin kubeconfig" in r.stderr
+    node.put("/etc/kubernetes/admin.conf", "apiVersion: v1\nkind: Config\n", 0o600)
+    assert node.run("kubeadm", "token", "delete", "abcdef").returncode == 0
+    assert node.run("kubeadm", "token", "create", token, "--ttl", "24h").returncode == 0
+    assert node.run("kubeadm", "init", "phase", "upload-certs", "--upload-certs",
+                    "--certificate-key", key).returncode == 0
+    r = node.run("kubeadm", "init", "phase", "upload-certs", "--upload-certs",
+                 "--certificate-key", "short")
+    assert r.returncode == 1 and "64 hexadecimal" in r.stderr
+    logged = json.dumps(node.log())
+    assert token not in logged and key not in logged

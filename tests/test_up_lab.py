@@ -218,3 +218,18 @@ def test_plan_lists_every_managed_file_unchanged_on_a_converged_cluster(fresh, w
                                           if line.strip().startswith(("new", "changed"))]
     assert "/etc/kubernetes/kubeadm-init.yaml  (control-plane)" in out.stdout
     assert "cluster is converged: nothing to do" in out.stdout
+
+
+def test_a_node_added_later_joins_with_a_renewed_token(fresh, with_bundle, bundle):
+    fresh.reset(["w1"])  # w1 comes back as a new machine, as when a worker is added later
+    before = len(standin_log(fresh, "cp1"))
+    did = work(actions.up(fresh.cluster, bundle_dir=str(bundle)))
+    assert {h for hosts in did.values() for h in hosts} == {"w1"}, did
+    assert "join-workers" in did and "control-plane" not in did
+    renewed = standin_log(fresh, "cp1")[before:]
+    assert [e["argv"][:2] for e in renewed] == [["token", "delete"], ["token", "create"]]
+    secrets = State(fresh.cluster).secrets()
+    assert secrets["bootstrap_token"] not in json.dumps(renewed)
+    assert all(e["result"] == "ok" for e in renewed)
+    (join,) = [e for e in standin_log(fresh, "w1") if "join" in e["argv"]]
+    assert join["result"] == "ok"

@@ -20,7 +20,7 @@ import shutil
 import stat
 import subprocess
 
-from . import Failed, Tool, data_text, load_yaml_docs
+from . import Failed, Tool, data_text, hashed, load_yaml_docs
 from . import schema
 
 GROUP = "kubeadm.k8s.io"
@@ -48,6 +48,14 @@ def main(tool: Tool, argv: list[str]) -> int:
     if cmd in ("version", "--version"):
         print(tool.version_line())
         return 0
+    if cmd == "token" or (cmd == "init" and rest[:1] == ["phase"]):
+        try:
+            (token if cmd == "token" else upload_certs)(tool, rest)
+        except Failed as e:
+            tool.record(hide_positional(argv), "error: " + str(e).splitlines()[0])
+            raise
+        tool.record(hide_positional(argv), "ok")
+        return 0
     if cmd not in ("init", "join", "reset"):
         raise Failed(f'unknown command "{cmd}" for "kubeadm" (the stand-in implements init, '
                      "join, reset, version)")
@@ -65,6 +73,54 @@ def main(tool: Tool, argv: list[str]) -> int:
         raise
     tool.record(argv, "ok", config=docs)
     return 0
+
+
+# ---------------------------------------------------------------------------------------------
+# Day-2 helpers a later join needs: a fresh bootstrap token, the control plane certs uploaded
+# again (kubeadm gives them 24 h and 2 h). Both need the cluster: admin.conf must exist.
+# ---------------------------------------------------------------------------------------------
+
+ADMIN = "/etc/kubernetes/admin.conf"
+
+
+def hide_positional(argv: list[str]) -> list[str]:
+    """`token create TOKEN` carries the secret as a positional argument: log its hash."""
+    return [hashed(a) if TOKEN.fullmatch(a) else a for a in argv]
+
+
+def need_cluster(tool: Tool) -> None:
+    if not tool.path(ADMIN).exists():
+        raise Failed(f"failed to load admin kubeconfig: open {ADMIN}: no such file or directory")
+
+
+def token(tool: Tool, args: list[str]) -> None:
+    """`token delete ID` and `token create TOKEN [--ttl D]` (with optional --kubeconfig)."""
+    args = [a for i, a in enumerate(args) if not a.startswith("--kubeconfig")
+            and (i == 0 or args[i - 1] != "--kubeconfig")]
+    if args[:1] == ["delete"] and len(args) == 2:
+        need_cluster(tool)
+        return
+    if args[:1] == ["create"] and len(args) >= 2 and TOKEN.fullmatch(args[1]):
+        rest = args[2:]
+        if rest and not (rest[0] == "--ttl" and len(rest) == 2 or rest[0].startswith("--ttl=")):
+            raise Failed(f"unknown flag: {rest[0]} (the stand-in takes --ttl and --kubeconfig)")
+        need_cluster(tool)
+        return
+    raise Failed("the stand-in implements `token delete ID` and `token create TOKEN [--ttl D]`"
+                 " with a token matching [a-z0-9]{6}.[a-z0-9]{16}")
+
+
+def upload_certs(tool: Tool, args: list[str]) -> None:
+    """`init phase upload-certs --upload-certs --certificate-key KEY [--config F]`."""
+    if args[:2] != ["phase", "upload-certs"] or "--upload-certs" not in args:
+        raise Failed("the stand-in implements only `init phase upload-certs --upload-certs`")
+    key = next((a.split("=", 1)[1] for a in args if a.startswith("--certificate-key=")), None)
+    if key is None and "--certificate-key" in args:
+        i = args.index("--certificate-key")
+        key = args[i + 1] if i + 1 < len(args) else None
+    if not key or not CERT_KEY.fullmatch(key):
+        raise Failed("--certificate-key: must be 64 hexadecimal characters")
+    need_cluster(tool)
 
 
 # ---------------------------------------------------------------------------------------------
