@@ -343,3 +343,4 @@ def reset(cluster: Cluster, progress=None) -> None:
             raise PhaseFailed("reset failed:\n" + "\n".join(
                 f"  {h}: {t}: {m}" for h, t, m in result.failures) + f"\nlog: {result.log_path}")
         run.state.kubeconfig.unlink(missing_ok=True)
+        (run.state.dir / "kubeconfig.source").unlink(missing_ok=True)

@@ -233,3 +233,16 @@ def test_a_node_added_later_joins_with_a_renewed_token(fresh, with_bundle, bundl
     assert all(e["result"] == "ok" for e in renewed)
     (join,) = [e for e in standin_log(fresh, "w1") if "join" in e["argv"]]
     assert join["result"] == "ok"
+
+
+def test_reset_takes_the_cluster_off_and_up_would_build_it_again(fresh, with_bundle):
+    actions.reset(fresh.cluster)
+    for name in ("cp1", "cp2", "cp3"):
+        assert fresh.run(name, "systemctl is-active etcd")[1].strip() != "active"
+        assert fresh.run(name, "test -e /etc/kubernetes/admin.conf || "
+                         "test -e /var/lib/provisioner")[0] != 0
+    assert fresh.run("lb1", "systemctl is-active haproxy")[1].strip() != "active"
+    assert fresh.run("cp1", "hostname")[0] == 0  # SSH still works: no firewall flush
+    assert not State(fresh.cluster).kubeconfig.exists()
+    plan = work(actions.up(fresh.cluster, dry_run=True))
+    assert {"etcd", "loadbalancer", "control-plane"} <= set(plan)
