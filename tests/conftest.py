@@ -25,6 +25,8 @@ from pathlib import Path
 
 import pytest
 
+from tests import skip_outside_ci
+
 REPO = Path(__file__).resolve().parents[1]
 LAB_INVENTORY = REPO / "inventories" / "lab.yml"
 
@@ -44,9 +46,7 @@ def require_lab() -> None:
     """Skip (or, with CI=true, fail) when the lab cannot run on this machine."""
     reason = lab_unavailable()
     if reason:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"CI must run lab tests: {reason}")
-        pytest.skip(reason)
+        skip_outside_ci(reason)
 
 
 def lab_cluster(inventory: Path, state_dir: Path):
