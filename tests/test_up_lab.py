@@ -235,6 +235,14 @@ def test_a_node_added_later_joins_with_a_renewed_token(fresh, with_bundle, bundl
     assert join["result"] == "ok"
 
 
+def test_smoke_refuses_to_pass_without_a_real_api_server(fresh, with_bundle):
+    """The stand-ins serve no API: smoke must say so at its first check, never report success."""
+    said = []
+    with pytest.raises(UserError, match="smoke: the API server readiness check failed on cp1"):
+        actions.smoke(fresh.cluster, say=said.append)
+    assert said == []
+
+
 def test_reset_takes_the_cluster_off_and_up_would_build_it_again(fresh, with_bundle):
     actions.reset(fresh.cluster)
     for name in ("cp1", "cp2", "cp3"):
