@@ -138,7 +138,7 @@ class Run:
                 ran += batch
                 result = runner.run_playbook(
                     self.cluster, phase.playbook, batch,
-                    extravars={"phase": phase.name, **playbook_vars(self.cluster)},
+                    extravars=playbook_vars(self.cluster),
                     hostvars={n.name: self._hostvars(phase, n, pushed.get(n.name, {}))
                               for n in batch},
                     state_dir=self.state.dir, known_hosts=self.state.known_hosts,
@@ -249,17 +249,8 @@ class Run:
 
 
 def playbook_vars(cluster: Cluster) -> dict:
-    """Cluster settings the playbooks read (never secrets: those travel in 0600 files)."""
-    return {
-        "cluster_name": cluster.cluster_name,
-        "distribution": cluster.distribution,
-        "kubernetes_version": cluster.kubernetes_version,
-        "ha_mode": cluster.ha_mode,
-        "cni": cluster.cni,
-        "api_endpoint": cluster.api_endpoint,
-        "first_control_plane": cluster.first_control_plane.name,
-        "etcd_endpoints": ",".join(cluster.etcd_endpoints),
-    }
+    """The settings the playbooks read (never secrets: those travel in files or on stdin)."""
+    return {"distribution": cluster.distribution, "ha_mode": cluster.ha_mode}
 
 
 def _binary_items(found) -> list[ph.Item]:

@@ -48,7 +48,7 @@ class Context:
     items: dict[str, dict[str, list[Item]]]  # host -> phase -> files
     facts: dict  # host -> facts.Facts
     bundle: object | None = None  # bundle.Bundle, when one was found
-    local: dict = field(default_factory=dict)  # controller-side facts (e.g. kubeconfig present)
+    local: dict = field(default_factory=dict)  # controller-side facts (kubeconfig_source)
 
     def files(self, node: Node, phase: str) -> list[Item]:
         return self.items.get(node.name, {}).get(phase, [])
