@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/ops.py                 # N = 10 and 50
     .venv/bin/python benchmarks/ops.py --hosts 10 50 100 --no-pyinfra
 
-The operations (as in /work/shared/anchors.md): create a user, touch a file, put a file, echo.
+The operations (as in ../shared/anchors.md, beside this repository): create a user, touch a file, put a file, echo.
 Columns:
   paramiko   provisioner.ssh.Pool: one connection per host, the 4 ops as one shell command,
              all hosts in parallel (timed from opening the connections)

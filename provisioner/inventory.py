@@ -326,7 +326,7 @@ def _build(doc: Located, c: _Collector) -> tuple[model.Cluster | None, Where | N
             roles=tuple(g for g in model.ROLE_GROUPS if name in groups.get(g, ())),
             ssh_user=merged.get("ansible_user", "root"),
             ssh_port=merged.get("ansible_port", 22),
-            ssh_key=_key_path(merged.get("ansible_ssh_private_key_file")),
+            ssh_key=_key_path(merged.get("ansible_ssh_private_key_file"), doc.path),
             labels=dict(hvars.get("node_labels") or {}),
             taints=tuple(hvars.get("node_taints") or ()),
             keepalived_priority=hvars.get("keepalived_priority"),
@@ -475,7 +475,13 @@ def _hosts(root: dict, c: _Collector, settings: dict):
     return hosts, paths, groups
 
 
-def _key_path(value: str | None) -> str | None:
-    """A relative key path is taken from the current folder, as ansible does; made absolute
-    here because playbooks run from their own private folder."""
-    return str(Path(value).expanduser().absolute()) if value else None
+def _key_path(value: str | None, inventory: str) -> str | None:
+    """A relative path is taken from the inventory's folder, never the current one, so every
+    task means the same file from anywhere; made absolute for the playbooks' private folder."""
+    return str(beside(inventory, value)) if value else None
+
+
+def beside(inventory: str, value: str) -> Path:
+    """`value` (a path written in the inventory) as an absolute path; relative to the file."""
+    path = Path(value).expanduser()
+    return path if path.is_absolute() else (Path(inventory).resolve().parent / path)

@@ -90,6 +90,43 @@ class Cluster:
     def first_control_plane(self) -> Node:
         return self.control_planes[0]
 
+    # The one vocabulary of "which hosts" that phases, render, validate, preflight and smoke use.
+    @property
+    def joining_control_planes(self) -> tuple[Node, ...]:
+        """Control planes after the first: they join it, one at a time."""
+        return self.control_planes[1:]
+
+    @property
+    def kube_workers(self) -> tuple[Node, ...]:
+        """Workers that are not control planes too (those join once, as control planes)."""
+        return tuple(n for n in self.workers if not n.has(CONTROL_PLANE))
+
+    @property
+    def kube_nodes(self) -> tuple[Node, ...]:
+        """Every host that runs a kubelet (or k3s): control planes, then kube workers."""
+        return self.control_planes + self.kube_workers
+
+    @property
+    def runtime_nodes(self) -> tuple[Node, ...]:
+        """Hosts that get containerd from us (k3s brings its own)."""
+        return () if self.is_k3s else self.kube_nodes
+
+    @property
+    def etcd_members(self) -> tuple[Node, ...]:
+        """Members of the external etcd (systemd, mutual TLS); none when etcd is stacked."""
+        return self.etcd_nodes if self.external_etcd else ()
+
+    @property
+    def lb_nodes(self) -> tuple[Node, ...]:
+        """Hosts that balance the API: the haproxy + keepalived pair, the kube-vip control
+        planes, or (`local`) the kube workers' own 127.0.0.1 proxy."""
+        return {"haproxy": self.loadbalancers, "kube-vip": self.control_planes,
+                "local": self.kube_workers}.get(self.ha_mode, ())
+
+    @property
+    def lb_units(self) -> tuple[str, ...]:
+        return {"haproxy": ("haproxy", "keepalived"), "local": ("haproxy",)}.get(self.ha_mode, ())
+
     # -- derived topology --------------------------------------------------------------------
     @property
     def is_k3s(self) -> bool:
@@ -126,7 +163,7 @@ class Cluster:
 
     @property
     def etcd_endpoints(self) -> list[str]:
-        return [f"https://{n.address}:2379" for n in self.etcd_nodes]
+        return [f"https://{n.address}:2379" for n in self.etcd_members]
 
     @cached_property
     def dns_service_ip(self) -> str:

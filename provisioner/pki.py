@@ -19,7 +19,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from .model import Cluster
-from .state import State, write_secret
+from .errors import UserError
+from .state import State, write_atomic, write_secret
 
 CA_DAYS = 3650
 CERT_DAYS = 3650  # etcd member certs; `invoke cluster.renew-certs` is the day-2 way to rotate
@@ -31,8 +32,18 @@ def _key_pem(key) -> bytes:
 
 
 def _load(crt: Path, key: Path):
-    return (x509.load_pem_x509_certificate(crt.read_bytes()),
-            serialization.load_pem_private_key(key.read_bytes(), None))
+    """A certificate and its key, or a clear error naming the damaged file."""
+    try:
+        cert = x509.load_pem_x509_certificate(crt.read_bytes())
+    except (OSError, ValueError) as e:
+        raise UserError(f"{crt}: not a readable certificate ({e}); restore the state folder's "
+                        "pki/ from a backup (a new CA would not match the cluster)") from None
+    try:
+        k = serialization.load_pem_private_key(key.read_bytes(), None)
+    except (OSError, ValueError, TypeError) as e:
+        raise UserError(f"{key}: not a readable private key ({e}); restore the state folder's "
+                        "pki/ from a backup") from None
+    return cert, k
 
 
 def _now():
@@ -53,7 +64,7 @@ def ensure_ca(folder: Path, name: str, common_name: str):
                 .add_extension(x509.SubjectKeyIdentifier.from_public_key(k.public_key()), False)
                 .sign(k, hashes.SHA256()))
         write_secret(key, _key_pem(k))
-        crt.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+        write_atomic(crt, cert.public_bytes(serialization.Encoding.PEM))
     return _load(crt, key)
 
 
@@ -62,7 +73,7 @@ def ensure_cert(folder: Path, name: str, ca, common_name: str, sans: list[str],
     """Issue `name.crt`/`name.key` signed by `ca`, again only if the SANs changed."""
     crt, key = folder / f"{name}.crt", folder / f"{name}.key"
     if crt.exists():
-        have = x509.load_pem_x509_certificate(crt.read_bytes())
+        have = _load(crt, key)[0]
         try:
             ext = have.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
             current = sorted(str(v) for v in ext.get_values_for_type(x509.DNSName)) + sorted(
@@ -88,7 +99,7 @@ def ensure_cert(folder: Path, name: str, ca, common_name: str, sans: list[str],
         builder = builder.add_extension(x509.SubjectAlternativeName(_san_objects(sans)), False)
     cert = builder.sign(ca_key, hashes.SHA256())
     write_secret(key, _key_pem(k))
-    crt.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    write_atomic(crt, cert.public_bytes(serialization.Encoding.PEM))
 
 
 def _san_objects(sans):

@@ -1,12 +1,11 @@
-"""Every config file a node gets, rendered from templates/ (laid out as the node's file system).
-
-`TABLE` below is the whole story: which template becomes which file, on which hosts, pushed by
-which phase, with which mode, and which units restart when it changes. `render` walks it for
-every node; the same cluster and secrets always give the same bytes.
+"""Jinja rendering of the files phases place on nodes (templates/ is laid out as the node's
+file system). Which template goes to which host belongs to the phase that places it
+(provisioner/phases/); `render` walks every phase for `invoke cluster.render`.
 
 Templates are Jinja (StrictUndefined: a missing value is an error, never an empty string) and
-see `cluster`, `node`, `secrets`, `item` (for per-item entries), the helpers in `GLOBALS` and
-the filter `q` (a value as a quoted YAML/JSON scalar).
+see `cluster`, `node`, `secrets`, `item` (for per-item files), the helpers in `GLOBALS` and the
+filter `q` (a value as a quoted YAML/JSON scalar). The same cluster and secrets always give the
+same bytes.
 
 Secrets: `bootstrap_token`, `certificate_key`, `k3s_token`, and optionally `vrrp_password` and
 `ca_cert_hash`. The kubeadm join files need `ca_cert_hash` (the pin of the cluster CA, known
@@ -23,13 +22,13 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Mapping
+from typing import Mapping
 
 import jinja2
 
 from .model import Cluster, Node
 
-TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
+TEMPLATES = Path(__file__).resolve().parent / "templates"
 
 # Images the rendered manifests run (the offline bundle must carry them).
 KUBE_VIP_IMAGE = "ghcr.io/kube-vip/kube-vip:v0.8.9"
@@ -37,80 +36,12 @@ FLANNEL_IMAGE = "ghcr.io/flannel-io/flannel:v0.26.7"
 FLANNEL_CNI_IMAGE = "ghcr.io/flannel-io/flannel-cni-plugin:v1.6.2-flannel1"
 CRI_SOCKET = "unix:///run/containerd/containerd.sock"
 
-PHASES = ("prepare", "runtime", "etcd", "loadbalancer", "binaries", "control-plane",
-          "join-control-plane", "join-workers", "cni", "addons")
-
-
 @dataclass(frozen=True)
 class File:
     content: bytes
     mode: int  # 0o644, or 0o600 for anything holding a secret
-    phase: str  # which phase pushes it
-    restart: tuple[str, ...] = ()  # systemd units to restart when this file changes on a host
-
-
-# ---------------------------------------------------------------------------------------------
-# Which hosts: small predicates on (cluster, node)
-# ---------------------------------------------------------------------------------------------
-
-Pred = Callable[[Cluster, Node], bool]
-
-
-def every(c: Cluster, n: Node) -> bool:
-    return True
-
-
-def is_cp(c: Cluster, n: Node) -> bool:
-    return n.has("control_plane")
-
-
-def is_worker(c: Cluster, n: Node) -> bool:
-    """A worker that is not also a control plane (those join once, as control planes)."""
-    return n.has("workers") and not n.has("control_plane")
-
-
-def is_first(c: Cluster, n: Node) -> bool:
-    return n.name == c.first_control_plane.name
-
-
-def both(*preds: Pred) -> Pred:
-    return lambda c, n: all(p(c, n) for p in preds)
-
-
-def kubeadm(*preds: Pred) -> Pred:
-    return lambda c, n: not c.is_k3s and all(p(c, n) for p in preds)
-
-
-def k3s(*preds: Pred) -> Pred:
-    return lambda c, n: c.is_k3s and all(p(c, n) for p in preds)
-
-
-def kube_node(c: Cluster, n: Node) -> bool:
-    return is_cp(c, n) or is_worker(c, n)
-
-
-def joining_cp(c: Cluster, n: Node) -> bool:
-    return is_cp(c, n) and not is_first(c, n)
-
-
-def etcd_member(c: Cluster, n: Node) -> bool:
-    return c.external_etcd and n.has("etcd")
-
-
-def lb_pair(c: Cluster, n: Node) -> bool:
-    return c.ha_mode == "haproxy" and n.has("loadbalancers")
-
-
-def local_lb(c: Cluster, n: Node) -> bool:
-    return c.ha_mode == "local" and is_worker(c, n)
-
-
-def kube_vip(c: Cluster, n: Node) -> bool:
-    return c.ha_mode == "kube-vip" and is_cp(c, n)
-
-
-def cni_is(name: str) -> Pred:
-    return lambda c, n: c.cni == name
+    phase: str  # the title of the phase that places it
+    restart: tuple[str, ...] = ()  # systemd units restarted when this file changes on a host
 
 
 def registries(c: Cluster) -> list[str]:
@@ -122,94 +53,6 @@ def mirror_urls(c: Cluster, registry: str) -> list[str]:
     urls = c.registry_mirrors[registry]
     return [urls] if isinstance(urls, str) else list(urls)
 
-
-# ---------------------------------------------------------------------------------------------
-# The table
-# ---------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Entry:
-    template: str  # under templates/
-    path: str  # absolute node path; "{item}" is replaced per item when `each` is set
-    hosts: Pred
-    phase: str
-    mode: int = 0o644
-    restart: tuple[str, ...] = ()
-    needs: tuple[str, ...] = ()  # secrets that must be known, else the file is left out
-    each: Callable[[Cluster], list[str]] | None = None
-
-
-KUBEADM_DIR = "/etc/kubernetes"
-ADDONS = "/etc/kubernetes/addons"
-K3S_DIR = "/etc/rancher/k3s"
-
-TABLE: list[Entry] = [
-    # -- prepare: every host ----------------------------------------------------------------
-    Entry("etc/hosts.j2", "/etc/hosts", every, "prepare"),
-    Entry("etc/sysctl.d/90-kubernetes.conf.j2", "/etc/sysctl.d/90-kubernetes.conf", every,
-          "prepare"),
-    Entry("etc/modules-load.d/kubernetes.conf.j2", "/etc/modules-load.d/kubernetes.conf", every,
-          "prepare"),
-    Entry("etc/rancher/k3s/registries.yaml.j2", f"{K3S_DIR}/registries.yaml", k3s(is_cp),
-          "prepare", 0o600, ("k3s",)),
-    Entry("etc/rancher/k3s/registries.yaml.j2", f"{K3S_DIR}/registries.yaml", k3s(is_worker),
-          "prepare", 0o600, ("k3s-agent",)),
-    # -- runtime: containerd on kubeadm nodes (k3s brings its own) ----------------------------
-    Entry("etc/containerd/config.toml.j2", "/etc/containerd/config.toml", kubeadm(kube_node),
-          "runtime", restart=("containerd",)),
-    Entry("etc/containerd/certs.d/hosts.toml.j2", "/etc/containerd/certs.d/{item}/hosts.toml",
-          kubeadm(kube_node), "runtime", restart=("containerd",), each=registries),
-    Entry("etc/crictl.yaml.j2", "/etc/crictl.yaml", kubeadm(kube_node), "runtime"),
-    # -- etcd: external members (kubeadm with an etcd group) ----------------------------------
-    Entry("etc/etcd/etcd.conf.yml.j2", "/etc/etcd/etcd.conf.yml", etcd_member, "etcd",
-          restart=("etcd",)),
-    Entry("etc/systemd/system/etcd.service.j2", "/etc/systemd/system/etcd.service", etcd_member,
-          "etcd", restart=("etcd",)),
-    # -- loadbalancer: haproxy + keepalived pair, local haproxy on workers, or kube-vip -------
-    Entry("etc/haproxy/haproxy.cfg.j2", "/etc/haproxy/haproxy.cfg", lb_pair, "loadbalancer",
-          restart=("haproxy",)),
-    Entry("etc/keepalived/keepalived.conf.j2", "/etc/keepalived/keepalived.conf", lb_pair,
-          "loadbalancer", 0o600, ("keepalived",)),
-    Entry("etc/haproxy/haproxy.cfg.j2", "/etc/haproxy/haproxy.cfg", local_lb, "loadbalancer",
-          restart=("haproxy",)),
-    Entry("etc/kubernetes/manifests/kube-vip.yaml.j2", "/etc/kubernetes/manifests/kube-vip.yaml",
-          kubeadm(kube_vip), "loadbalancer"),
-    Entry("etc/kubernetes/manifests/kube-vip.yaml.j2",
-          "/var/lib/rancher/k3s/agent/pod-manifests/kube-vip.yaml", k3s(kube_vip),
-          "loadbalancer"),
-    # -- binaries: the units that run what the bundle brought ---------------------------------
-    Entry("etc/systemd/system/kubelet.service.j2", "/etc/systemd/system/kubelet.service",
-          kubeadm(kube_node), "binaries"),
-    Entry("etc/systemd/system/kubelet.service.d/10-kubeadm.conf.j2",
-          "/etc/systemd/system/kubelet.service.d/10-kubeadm.conf", kubeadm(kube_node),
-          "binaries"),
-    Entry("etc/systemd/system/k3s.service.j2", "/etc/systemd/system/k3s.service", k3s(is_cp),
-          "binaries"),
-    Entry("etc/systemd/system/k3s.service.j2", "/etc/systemd/system/k3s-agent.service",
-          k3s(is_worker), "binaries"),
-    # -- control-plane: the first control plane -----------------------------------------------
-    Entry("etc/kubernetes/kubeadm-init.yaml.j2", f"{KUBEADM_DIR}/kubeadm-init.yaml",
-          kubeadm(is_first), "control-plane", 0o600),
-    Entry("etc/rancher/k3s/config.yaml.j2", f"{K3S_DIR}/config.yaml", k3s(is_first),
-          "control-plane", 0o600, ("k3s",)),
-    # -- join-control-plane / join-workers ----------------------------------------------------
-    Entry("etc/kubernetes/kubeadm-join.yaml.j2", f"{KUBEADM_DIR}/kubeadm-join.yaml",
-          kubeadm(joining_cp), "join-control-plane", 0o600, needs=("ca_cert_hash",)),
-    Entry("etc/rancher/k3s/config.yaml.j2", f"{K3S_DIR}/config.yaml", k3s(joining_cp),
-          "join-control-plane", 0o600, ("k3s",)),
-    Entry("etc/kubernetes/kubeadm-join.yaml.j2", f"{KUBEADM_DIR}/kubeadm-join.yaml",
-          kubeadm(is_worker), "join-workers", 0o600, needs=("ca_cert_hash",)),
-    Entry("etc/rancher/k3s/config.yaml.j2", f"{K3S_DIR}/config.yaml", k3s(is_worker),
-          "join-workers", 0o600, ("k3s-agent",)),
-    # -- cni and addons: manifests applied from the first control plane -----------------------
-    Entry("etc/kubernetes/addons/flannel.yaml.j2", f"{ADDONS}/flannel.yaml",
-          kubeadm(is_first, cni_is("flannel")), "cni"),
-    Entry("etc/kubernetes/addons/calico-installation.yaml.j2",
-          f"{ADDONS}/calico-installation.yaml", both(is_first, cni_is("calico")), "cni"),
-    Entry("etc/kubernetes/addons/coredns.yaml.j2", f"{ADDONS}/coredns.yaml", kubeadm(is_first),
-          "addons"),
-]
 
 # ---------------------------------------------------------------------------------------------
 # Values templates use (kept here so templates stay declarative)
@@ -299,7 +142,7 @@ def preflight_ignores(c: Cluster, n: Node) -> list[str]:
     """kubeadm join checks the provisioner's own placements would trip: the kube-vip static
     pod already in manifests/ on control planes. (Workers get their CA from the join itself.)"""
     out = []
-    if c.ha_mode == "kube-vip" and is_cp(c, n):
+    if c.ha_mode == "kube-vip" and n.has("control_plane"):
         out.append("DirAvailable--etc-kubernetes-manifests")
     return out
 
@@ -316,7 +159,6 @@ GLOBALS = {
     "taints": taints,
     "node_labels": node_labels,
     "preflight_ignores": preflight_ignores,
-    "is_worker": is_worker,
     "mirror_urls": mirror_urls,
     "KUBE_VIP_IMAGE": KUBE_VIP_IMAGE,
     "FLANNEL_IMAGE": FLANNEL_IMAGE,
@@ -353,27 +195,29 @@ def environment() -> jinja2.Environment:
 # ---------------------------------------------------------------------------------------------
 
 
-def render(cluster: Cluster, secrets: Mapping[str, str]) -> dict[str, dict[str, File]]:
-    """{inventory host name: {absolute node path: File}}; deterministic (same inputs -> same
-    bytes). Every host of the cluster has a key, even when it gets no file."""
-    env = environment()
-    secrets = dict(sorted(secrets.items()))
+def template(name: str, cluster: Cluster, node: Node, secrets: Mapping[str, str],
+             item=None) -> bytes:
+    """One template (a path under templates/) rendered for one node."""
+    text = environment().get_template(name).render(cluster=cluster, node=node,
+                                                   secrets=dict(sorted(secrets.items())),
+                                                   item=item)
+    return text.encode()
+
+
+def render(cluster: Cluster, secrets: Mapping[str, str], pki=None) -> dict[str, dict[str, File]]:
+    """{inventory host name: {absolute node path: File}}: every file the phases of `cluster.up`
+    place (PKI only when `pki` is given; binaries never). Every host has a key."""
+    from . import phases
+
+    ctx = phases.Context(cluster, dict(secrets), pki or {})
     out: dict[str, dict[str, File]] = {n.name: {} for n in cluster.nodes}
-    for entry in TABLE:
-        if any(not secrets.get(k) for k in entry.needs):
-            continue
-        template = env.get_template(entry.template)
-        items: Iterable = entry.each(cluster) if entry.each else [None]
-        for node in cluster.nodes:
-            if not entry.hosts(cluster, node):
-                continue
-            for item in items:
-                path = entry.path.replace("{item}", str(item)) if entry.each else entry.path
-                if path in out[node.name]:
-                    raise ValueError(f"{node.name}: {path} rendered twice (check render.TABLE)")
-                text = template.render(cluster=cluster, node=node, secrets=secrets, item=item)
-                out[node.name][path] = File(text.encode(), entry.mode, entry.phase,
-                                            entry.restart)
+    for phase in phases.ALL:
+        for node in phase.hosts(cluster):
+            for i in ctx.files(phase, node):
+                if i.path in out[node.name]:
+                    raise ValueError(f"{node.name}: {i.path} placed twice (phases "
+                                     f"{out[node.name][i.path].phase} and {phase.title})")
+                out[node.name][i.path] = File(i.data, i.mode, phase.title, i.units)
     return {host: dict(sorted(files.items())) for host, files in out.items()}
 
 

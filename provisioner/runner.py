@@ -40,7 +40,7 @@ from pathlib import Path
 
 from .model import ROLE_GROUPS, Node
 
-PLAYBOOKS = Path(__file__).resolve().parent.parent / "playbooks"
+PLAYBOOKS = Path(__file__).resolve().parent / "playbooks"
 KEEP_RUNS = 20
 SECRET_VARS = {"bootstrap_token", "certificate_key", "k3s_token", "vrrp_password",
                "join_token", "encryption_key"}

@@ -93,9 +93,10 @@ def known_hosts_entry(address: str, port: int) -> str:
 
 
 def known_hosts_path(cluster) -> Path:
-    """state/<cluster>/known_hosts; the state folder is $PROVISIONER_STATE_DIR or cluster.state_dir."""
-    base = os.environ.get("PROVISIONER_STATE_DIR") or cluster.state_dir
-    return Path(base) / cluster.cluster_name / "known_hosts"
+    """<state folder>/<cluster>/known_hosts (see provisioner.state)."""
+    from .state import State
+
+    return State(cluster).known_hosts
 
 
 def load_known_hosts(path: str | os.PathLike) -> paramiko.HostKeys:

@@ -1,120 +1,241 @@
-"""The phase list decides from facts alone: which hosts have work, and what it is."""
+"""The phases decide from facts alone: which hosts have work, and what it is (data cases)."""
 
 from __future__ import annotations
 
 import hashlib
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 
-from provisioner import inventory, phases as ph
+from provisioner import actions, inventory, paths
+from provisioner import phases as ph
+from provisioner.phases import kube
 
 LAB = inventory.load("inventories/lab.yml")
 K3S = inventory.load("inventories/k3s-ha.yml")
+SECRETS = {"bootstrap_token": "abcdef.0123456789abcdef", "certificate_key": "0" * 64,
+           "k3s_token": "k" * 64, "vrrp_password": "12345678", "ca_cert_hash": "sha256:" + "0" * 64}
+PKI = {n.name: {"/etc/etcd/pki/server.key": (b"KEY", 0o600), "/etc/etcd/pki/ca.crt": (b"CA", 0o644)}
+       for n in LAB.etcd_members}
 
 
-def converged_facts(cluster, items):
-    """Facts of hosts on which every phase has finished."""
-    facts = {}
+def context(cluster, bundle=SimpleNamespace(files={})):
+    ctx = ph.Context(cluster, dict(SECRETS), PKI if cluster is LAB else {}, bundle=bundle)
+    ctx.local["kubeconfig_source"] = "0" * 64  # taken from the admin config the node has
+    return ctx
+
+
+def converged(cluster, bundle=SimpleNamespace(files={})):
+    """A context whose hosts have finished every phase: files, modes, stamps, end states."""
+    ctx = context(cluster, bundle)
     for n in cluster.nodes:
-        files = {i.path: i.sha256 for per in items.get(n.name, {}).values() for i in per}
-        for p in ph.UP:
-            files[p.stamp_path] = hashlib.sha256(p.stamp(ctx_for(cluster, items, {}), n)).hexdigest()
-            for m in p.markers:
-                files[m] = "0" * 64
-        facts[n.name] = SimpleNamespace(
-            hostname=n.name, swap_mb=0, files=files,
-            services={u: {"active": "active", "enabled": "enabled"} for u in ph.SERVICES},
+        files, stats, commands = {}, {}, {}
+        for p in actions.UP:
+            if n not in p.hosts(cluster):
+                continue
+            for i in ctx.files(p, n):
+                files[i.path] = i.sha256
+                stats[i.path] = {"mode": i.mode, "owner": i.owner, "group": i.group}
+            files[p.stamp_path] = hashlib.sha256(p.stamp(ctx, n)).hexdigest()
+            probes = p.probes(cluster, n)
+            for path in probes.get("paths", ()):
+                files.setdefault(path, "0" * 64)
+            for name in probes.get("commands", {}):
+                out = '{"%s": ""}' % kube.CONTROL_PLANE_LABEL if name == kube.LABELS else "ok"
+                commands[name] = {"rc": 0, "out": out}
+        ctx.facts[n.name] = SimpleNamespace(
+            hostname=n.name, swap_mb=0, files=files, stats=stats, commands=commands, certs={},
+            services={u: {"active": "active", "enabled": "enabled"} for u in paths.SERVICES},
             binaries={b: "v1" for b in ("kubeadm", "kubelet", "kubectl", "k3s")})
-    return facts
+    return ctx
 
 
-def ctx_for(cluster, items, facts, bundle=object()):
-    c = ph.Context(cluster, items, facts, bundle=bundle)
-    c.local["kubeconfig_source"] = "0" * 64  # taken from the admin config the node has
-    return c
+def work(ctx):
+    return {p.title: w for p in actions.UP if (w := p.work(ctx))}
 
 
-def items_for(cluster):
-    cfg = ph.Item("/etc/containerd/config.toml", b"version = 2\n", restart=("containerd",))
-    return {n.name: {"runtime": [cfg]} for n in ph.runtime_nodes(cluster)}
+def test_the_phase_modules_are_the_documented_spine():
+    assert [p.title for p in actions.UP] == [
+        "prepare", "runtime", "etcd", "loadbalancer", "binaries", "control-plane",
+        "join-control-plane", "join-workers", "cni", "addons", "node-meta", "kubeconfig"]
+    modules = sorted(p.name for p in (Path(ph.__file__).parent).glob("[0-9][0-9]_*.py"))
+    assert len(modules) == len(actions.UP)
+    for module, phase in zip(modules, actions.UP):
+        number = module[:2]
+        assert module == f"{number}_{phase.title.replace('-', '_')}.py"
+        if phase.playbook:  # beside its numbered playbook
+            assert phase.playbook == f"{number}-{phase.title}.yml"
+            assert (Path(ph.__file__).parents[1] / "playbooks" / phase.playbook).is_file()
 
 
-def test_phase_order_is_the_documented_spine():
-    assert [p.name for p in ph.UP] == [
-        "prepare", "runtime", "pki", "etcd", "loadbalancer", "binaries", "control-plane",
-        "join-control-plane", "join-workers", "cni", "addons", "kubeconfig"]
-    playbooks = [p.playbook for p in ph.UP if p.playbook]
-    assert playbooks == sorted(playbooks), "numbered playbooks follow the phase order"
+@pytest.mark.parametrize("cluster", [LAB, K3S], ids=["kubeadm", "k3s"])
+def test_converged_hosts_have_no_work(cluster):
+    assert work(converged(cluster)) == {}
 
 
-def test_converged_hosts_have_no_work():
-    items = items_for(LAB)
-    ctx = ctx_for(LAB, items, converged_facts(LAB, items))
-    assert {p.name: p.work(ctx) for p in ph.UP if p.work(ctx)} == {}
+ETCD_KEY = "/etc/etcd/pki/server.key"
+CONTAINERD = "/etc/containerd/config.toml"
+
+
+def _set(attr, key, value):
+    return lambda f: getattr(f, attr).__setitem__(key, value)
 
 
 CASES = [
-    # (what differs on cp2, phase, expected pending on cp2)
-    ("file changed", "runtime", ["write /etc/containerd/config.toml (changed)"]),
-    ("file missing", "runtime", ["write /etc/containerd/config.toml (new)"]),
-    ("service stopped", "runtime", ["start containerd"]),
-    ("service disabled", "runtime", ["enable containerd"]),
-    ("stamp missing", "runtime",
-     ["finish applying the files in place (an earlier run stopped here)"]),
-    ("hostname", "prepare", ["set hostname cp2"]),
-    ("swap", "prepare", ["turn swap off"]),
-    ("not joined", "join-control-plane", ["kubeadm join"]),
-    ("etcd down", "etcd", ["start etcd"]),
+    # (name, host, what differs on it, expected work {phase: {host: [...]}})
+    ("file changed", "cp2", _set("files", CONTAINERD, "f" * 64),
+     {"runtime": {"cp2": [f"write {CONTAINERD} (changed)"]}}),
+    ("file missing", "cp2", _set("files", CONTAINERD, None),
+     {"runtime": {"cp2": [f"write {CONTAINERD} (new)"]}}),
+    ("key made 0644", "cp2", _set("stats", ETCD_KEY, {"mode": 0o644, "owner": "etcd", "group": "etcd"}),
+     {"etcd": {"cp2": [f"fix {ETCD_KEY}: mode 0644 -> 0600"]}}),
+    ("key chowned", "cp2", _set("stats", ETCD_KEY, {"mode": 0o600, "owner": "root", "group": "etcd"}),
+     {"etcd": {"cp2": [f"fix {ETCD_KEY}: owner root:etcd -> etcd:etcd"]}}),
+    ("service stopped", "cp2", _set("services", "containerd", {"active": "failed"}),
+     {"runtime": {"cp2": ["start containerd"]}}),
+    ("service disabled", "cp2", _set("services", "containerd", {"active": "active", "enabled": "disabled"}),
+     {"runtime": {"cp2": ["enable containerd"]}}),
+    ("stamp missing", "cp2", _set("files", "/var/lib/provisioner/phases/runtime", None),
+     {"runtime": {"cp2": ["finish applying the files in place (an earlier run stopped here)"]}}),
+    ("hostname", "cp2", lambda f: setattr(f, "hostname", "localhost"),
+     {"prepare": {"cp2": ["set hostname cp2"]}}),
+    ("swap", "cp2", lambda f: setattr(f, "swap_mb", 1024), {"prepare": {"cp2": ["turn swap off"]}}),
+    ("etcd down", "cp2", _set("services", "etcd", {"active": "inactive"}),
+     {"etcd": {"cp2": ["start etcd"]}}),
+    ("etcd unhealthy", "cp2", _set("commands", "etcd-health", {"rc": 1, "out": ""}),
+     {"etcd": {"cp2": ["wait until this member is healthy over TLS"]}}),
+    ("admin config renewed", "cp1", _set("files", paths.ADMIN_CONF, "a" * 64),
+     {"kubeconfig": {"cp1": ["copy the admin kubeconfig to the controller (0600)"]}}),
 ]
 
 
-@pytest.mark.parametrize("change, phase, expected", CASES, ids=[c[0] for c in CASES])
-def test_one_difference_gives_exactly_that_work(change, phase, expected):
-    items = items_for(LAB)
-    facts = converged_facts(LAB, items)
-    f = facts["cp2"]
-    path = "/etc/containerd/config.toml"
-    stamp = ph.named("runtime").stamp_path
-    {
-        "file changed": lambda: f.files.__setitem__(path, "f" * 64),
-        "file missing": lambda: f.files.__setitem__(path, None),
-        "service stopped": lambda: f.services.__setitem__("containerd", {"active": "failed"}),
-        "service disabled": lambda: f.services["containerd"].__setitem__("enabled", "disabled"),
-        "stamp missing": lambda: f.files.__setitem__(stamp, None),
-        "hostname": lambda: setattr(f, "hostname", "localhost"),
-        "swap": lambda: setattr(f, "swap_mb", 1024),
-        "not joined": lambda: f.files.__setitem__(ph.KUBELET_CONF, None),
-        "etcd down": lambda: f.services.__setitem__("etcd", {"active": "inactive"}),
-    }[change]()
-    ctx = ctx_for(LAB, items, facts)
-    work = {p.name: p.work(ctx) for p in ph.UP if p.work(ctx)}
-    assert work == {phase: {"cp2": expected}}
+@pytest.mark.parametrize("name, host, change, expected", CASES, ids=[c[0] for c in CASES])
+def test_one_difference_gives_exactly_that_work(name, host, change, expected):
+    ctx = converged(LAB)
+    change(ctx.facts[host])
+    assert work(ctx) == expected
+
+
+def _never_built(f, phase):
+    f.files[phase.stamp_path] = None
+
+
+KUBE_CASES = [
+    # (name, host, changes, phase, expected)  -- the end state, never a file written on the way
+    ("init never ran", "cp1",
+     {"files": {kube.LEFTOVERS[0]: None, kube.LEFTOVERS[1]: None, kube.LEFTOVERS[2]: None},
+      "commands": {kube.API: 127}, "stamp": None}, "control-plane", ["kubeadm init"]),
+    ("init stopped before its API answered", "cp1", {"commands": {kube.API: 1}, "stamp": None},
+     "control-plane", ["kubeadm reset, then kubeadm init again (an earlier init stopped before "
+                       "it finished)"]),
+    ("init stopped after upload-certs", "cp1",
+     {"commands": {kube.CLUSTER_INFO: 1, kube.ADDONS: 1}, "stamp": None},
+     "control-plane", ["finish kubeadm init: bootstrap-token, addon"]),
+    ("init stopped before mark-control-plane", "cp1", {"labels": "{}", "stamp": None},
+     "control-plane", ["finish kubeadm init: mark-control-plane"]),
+    ("built cluster whose API is down", "cp1", {"commands": {kube.API: 1}},
+     "control-plane", ["refused: this node was built before but its API server does not answer "
+                       "(api missing); not running kubeadm init again on it (look at its "
+                       "kubelet: cluster.status; or take it out with cluster.reset)"]),
+    ("join stopped after kubelet-start", "cp2", {"commands": {kube.API: 1}, "stamp": None},
+     "join-control-plane", ["kubeadm reset, then kubeadm join again (an earlier join stopped "
+                            "before it finished)"]),
+    ("worker never joined", "w1",
+     {"files": {kube.LEFTOVERS[0]: None, kube.LEFTOVERS[1]: None, kube.LEFTOVERS[2]: None},
+      "commands": {kube.NODE: 127}, "stamp": None}, "join-workers", ["kubeadm join"]),
+    ("worker join stopped after its kubelet.conf", "w1", {"commands": {kube.NODE: 1}, "stamp": None},
+     "join-workers", ["kubeadm reset, then kubeadm join again (an earlier join stopped before "
+                      "it finished)"]),
+]
+
+
+@pytest.mark.parametrize("name, host, changes, title, expected", KUBE_CASES,
+                         ids=[c[0] for c in KUBE_CASES])
+def test_kube_phases_read_the_end_state(name, host, changes, title, expected):
+    ctx = converged(LAB)
+    f = ctx.facts[host]
+    phase = next(p for p in actions.UP if p.title == title)
+    for path, sha in changes.get("files", {}).items():
+        f.files[path] = sha
+    for cmd, rc in changes.get("commands", {}).items():
+        f.commands[cmd] = {"rc": rc, "out": ""}
+    if "labels" in changes:
+        f.commands[kube.LABELS] = {"rc": 0, "out": changes["labels"]}
+    if "stamp" in changes:
+        f.files[phase.stamp_path] = None
+    got = work(ctx)
+    assert got[title] == {host: expected}
+
+
+def test_k3s_nodes_are_done_when_registered():
+    ctx = converged(K3S)
+    ctx.facts["a1"].commands[kube.NODE] = {"rc": 1, "out": ""}
+    assert work(ctx) == {"join-workers": {"a1": [
+        "start k3s agent and wait until the node is registered"]}}
 
 
 def test_without_a_bundle_missing_binaries_are_work_and_present_ones_are_not():
-    items = items_for(LAB)
-    facts = converged_facts(LAB, items)
-    facts["w1"].binaries["kubelet"] = None
-    ctx = ctx_for(LAB, items, facts, bundle=None)
-    assert ph.named("binaries").work(ctx) == {"w1": ["install kubelet from the bundle"]}
+    ctx = converged(LAB, bundle=None)
+    ctx.facts["w1"].binaries["kubelet"] = None
+    assert ph.BINARIES.work(ctx) == {"w1": ["install kubelet from the bundle"]}
 
 
-def test_hosts_per_phase_follow_the_topology():
-    names = lambda f, c: [n.name for n in f(c)]  # noqa: E731
-    assert names(ph.etcd_nodes, LAB) == ["cp1", "cp2", "cp3"]
-    assert names(ph.lb_nodes, LAB) == ["lb1", "lb2"]
-    assert names(ph.joining_control_planes, LAB) == ["cp2", "cp3"]
-    assert names(ph.runtime_nodes, K3S) == []  # k3s brings its own containerd
-    assert names(ph.etcd_nodes, K3S) == []  # embedded etcd
-    assert names(ph.lb_nodes, K3S) == ["s1", "s2", "s3"]  # kube-vip on the servers
-    assert ph.named("join-control-plane").serial and not ph.named("join-workers").serial
+def test_hosts_per_phase_follow_the_one_role_vocabulary():
+    names = lambda p, c: [n.name for n in p.hosts(c)]  # noqa: E731
+    assert names(ph.ETCD, LAB) == ["cp1", "cp2", "cp3"]
+    assert names(ph.LOADBALANCER, LAB) == ["lb1", "lb2"]
+    assert names(ph.JOIN_CONTROL_PLANE, LAB) == ["cp2", "cp3"]
+    assert names(ph.RUNTIME, K3S) == []  # k3s brings its own containerd
+    assert names(ph.ETCD, K3S) == []  # embedded etcd
+    assert names(ph.LOADBALANCER, K3S) == ["s1", "s2", "s3"]  # kube-vip on the servers
+    assert ph.JOIN_CONTROL_PLANE.serial and not ph.JOIN_WORKERS.serial
 
 
-def test_a_new_admin_config_on_the_first_control_plane_is_copied_again():
-    items = items_for(LAB)
-    facts = converged_facts(LAB, items)
-    facts["cp1"].files[ph.ADMIN_CONF] = "a" * 64  # e.g. the cluster was rebuilt
-    work = {p.name: p.work(ctx_for(LAB, items, facts)) for p in ph.UP}
-    assert {k: v for k, v in work.items() if v} == {
-        "kubeconfig": {"cp1": ["copy the admin kubeconfig to the controller (0600)"]}}
+def test_a_control_plane_listed_as_worker_too_is_a_control_plane_only():
+    import dataclasses
+
+    cp2 = LAB.node("cp2")
+    both = dataclasses.replace(cp2, roles=cp2.roles + ("workers",))
+    c = dataclasses.replace(LAB, nodes=tuple(both if n.name == "cp2" else n for n in LAB.nodes))
+    assert [n.name for n in c.kube_workers] == ["w1"]
+    assert [n.name for n in c.kube_nodes] == ["cp1", "cp2", "cp3", "w1"]
+    assert "cp2" not in [n.name for n in ph.JOIN_WORKERS.hosts(c)]
+
+
+# -- restarts: every (file, unit) pair a phase declares, as a table -------------------------------
+
+def unit_pairs():
+    """(phase, host, path, unit) for every file of the example topologies that a unit reads."""
+    out = []
+    for cluster in (LAB, K3S):
+        ctx = converged(cluster)
+        for p in actions.UP:
+            for n in p.hosts(cluster):
+                for i in ctx.files(p, n):
+                    out += [(cluster, p, n, i, u) for u in i.units]
+    return out
+
+
+PAIRS = unit_pairs()
+
+
+@pytest.mark.parametrize("cluster, phase, node, item, unit", PAIRS,
+                         ids=[f"{c.cluster_name}-{n.name}-{i.path}-{u}" for c, p, n, i, u in PAIRS])
+def test_a_changed_file_restarts_exactly_the_running_units_that_read_it(cluster, phase, node, item,
+                                                                        unit):
+    ctx = converged(cluster)
+    ctx.facts[node.name].files[item.path] = "f" * 64
+    changed = phase.changed(ctx, node)
+    assert changed == [item]
+    assert phase.restart_units(ctx, node, changed) == sorted(set(item.units))
+    ctx.facts[node.name].services[unit] = {"active": "inactive"}  # not running: started later
+    assert unit not in phase.restart_units(ctx, node, changed)
+
+
+def test_the_unit_pairs_cover_every_restarting_file_kind():
+    paths_ = {i.path for _, _, _, i, _ in PAIRS}
+    assert {"/etc/containerd/config.toml", "/etc/etcd/etcd.conf.yml", ETCD_KEY,
+            "/etc/haproxy/haproxy.cfg", "/etc/keepalived/keepalived.conf",
+            "/etc/rancher/k3s/config.yaml", "/etc/rancher/k3s/registries.yaml",
+            "/etc/systemd/system/kubelet.service"} <= paths_

@@ -238,7 +238,7 @@ def test_a_node_added_later_joins_with_a_renewed_token(fresh, with_bundle, bundl
 def test_smoke_refuses_to_pass_without_a_real_api_server(fresh, with_bundle):
     """The stand-ins serve no API: smoke must say so at its first check, never report success."""
     said = []
-    with pytest.raises(UserError, match="smoke: the API server readiness check failed on cp1"):
+    with pytest.raises(UserError, match="smoke: listing nodes failed on cp1"):
         actions.smoke(fresh.cluster, say=said.append)
     assert said == []
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from invoke import task
 
 from .. import inventory as inv
-from .. import phases as ph
+from .. import actions, paths
 from ..errors import InvalidInventory, UserError
 from ..model import ROLE_GROUPS
 from . import DEFAULT_INVENTORY, user_errors
@@ -13,7 +13,7 @@ from . import DEFAULT_INVENTORY, user_errors
 HELP = {
     "inventory": "inventory file (default: the built-in lab, inventories/lab.yml)",
     "bundle": "offline bundle folder with the Kubernetes binaries (see bundle.fetch)",
-    "from_": "resume at this phase (phases: " + ", ".join(p.name for p in ph.UP) + ")",
+    "from_": "resume at this phase (phases: " + ", ".join(p.title for p in actions.UP) + ")",
     "trust_new_hosts": "record the SSH host keys of hosts not yet in known_hosts",
     "yes": "do not ask for confirmation",
     "files": "also list every managed file per host (new, changed, unchanged) and its services",
@@ -53,9 +53,9 @@ def print_plan(plan, verb="would") -> int:
     total = 0
     for phase, work in plan:
         if not work:
-            print(f"{phase.name:<20} nothing to do")
+            print(f"{phase.title:<20} nothing to do")
             continue
-        print(f"{phase.name:<20} {len(work)} host(s) {verb} change")
+        print(f"{phase.title:<20} {len(work)} host(s) {verb} change")
         for host, changes in sorted(work.items()):
             total += len(changes)
             print(f"  {host}: " + "; ".join(summarize(changes)))
@@ -67,7 +67,6 @@ def print_plan(plan, verb="would") -> int:
 def plan(c, inventory=DEFAULT_INVENTORY, bundle=None, from_=None, trust_new_hosts=False,
          files=False):
     """Dry run: probe the hosts and print, per phase and host, what cluster.up would change."""
-    from .. import actions
 
     cluster = inv.load(inventory)
     run, result = actions.plan(cluster, bundle_dir=bundle, start=from_, trust_new=trust_new_hosts)
@@ -86,7 +85,6 @@ def plan(c, inventory=DEFAULT_INVENTORY, bundle=None, from_=None, trust_new_host
 @user_errors
 def up(c, inventory=DEFAULT_INVENTORY, bundle=None, from_=None, trust_new_hosts=False):
     """Build or converge the cluster: validate, preflight, then every phase that has work."""
-    from .. import actions
     from ..progress import Progress
 
     cluster = inv.load(inventory)
@@ -104,17 +102,16 @@ def status(c, inventory=DEFAULT_INVENTORY):
     from rich.console import Console
     from rich.table import Table
 
-    from .. import actions
 
     cluster = inv.load(inventory)
     facts = actions.status(cluster)
     table = Table(title=f"cluster {cluster.cluster_name}")
-    for col in ("host", "address", "roles") + ph.SERVICES:
+    for col in ("host", "address", "roles") + paths.SERVICES:
         table.add_column(col)
     for n in cluster.nodes:
         services = facts[n.name].services
         table.add_row(n.name, n.address, ",".join(n.roles),
-                      *(services.get(u, {}).get("active", "-") for u in ph.SERVICES))
+                      *(services.get(u, {}).get("active", "-") for u in paths.SERVICES))
     Console().print(table)
 
 
@@ -122,7 +119,6 @@ def status(c, inventory=DEFAULT_INVENTORY):
 @user_errors
 def smoke(c, inventory=DEFAULT_INVENTORY):
     """On a real cluster: a pod per node, a Service, DNS through CoreDNS, pod-to-pod traffic."""
-    from .. import actions
 
     actions.smoke(inv.load(inventory))
 
@@ -131,7 +127,6 @@ def smoke(c, inventory=DEFAULT_INVENTORY):
 @user_errors
 def reset(c, inventory=DEFAULT_INVENTORY, yes=False):
     """Remove Kubernetes, etcd and load balancers from every host (PKI and secrets are kept)."""
-    from .. import actions
 
     cluster = inv.load(inventory)
     if not yes and input(f"reset cluster {cluster.cluster_name} on {len(cluster.nodes)} "
@@ -204,17 +199,15 @@ def trust(c, inventory=DEFAULT_INVENTORY, yes=False):
 @user_errors
 def render(c, inventory=DEFAULT_INVENTORY, out=None):
     """Write every config file each host would get, with the cluster's real secrets (0600)."""
-    from .. import pki
     from .. import render as renderer
     from ..state import State
 
     cluster = inv.load(inventory)
     state = State(cluster)
-    secrets = dict(state.secrets())
-    if not cluster.is_k3s:  # the joins pin the cluster CA, which lives on the controller
-        pki.ensure_ca(state.pki, "ca", "kubernetes")
-        secrets["ca_cert_hash"] = pki.join_hash(state)
-    files = renderer.render(cluster, secrets)
+    with state.lock(wait=10):
+        run = actions.Run.prepare(cluster)
+    secrets = run.ctx.secrets
+    files = renderer.render(cluster, secrets, pki=run.ctx.pki)
     target = out or str(state.dir / "rendered")
     try:
         written = renderer.write_tree(files, target)
