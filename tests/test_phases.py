@@ -239,3 +239,20 @@ def test_the_unit_pairs_cover_every_restarting_file_kind():
             "/etc/haproxy/haproxy.cfg", "/etc/keepalived/keepalived.conf",
             "/etc/rancher/k3s/config.yaml", "/etc/rancher/k3s/registries.yaml",
             "/etc/systemd/system/kubelet.service"} <= paths_
+
+
+def test_a_built_control_plane_that_stopped_answering_is_refused_before_any_change():
+    ctx = converged(LAB)
+    ctx.facts["cp2"].commands[kube.API] = {"rc": 1, "out": ""}
+    calls = []
+    run = SimpleNamespace(ctx=ctx, cluster=LAB, converge=lambda *a, **k: calls.append(a),
+                          renew_join_secrets=lambda **k: calls.append(k))
+    with pytest.raises(actions.UserError, match="cp2: refused: this node was built before"):
+        ph.JOIN_CONTROL_PLANE.run(run, [LAB.node("cp2")])
+    assert calls == []
+
+
+def test_a_joined_node_whose_kubelet_stopped_gets_it_started():
+    ctx = converged(LAB)
+    ctx.facts["w1"].services["kubelet"] = {"active": "inactive", "enabled": "enabled"}
+    assert work(ctx) == {"binaries": {"w1": ["start kubelet"]}}

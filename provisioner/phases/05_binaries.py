@@ -9,7 +9,7 @@ from pathlib import Path
 
 from .. import paths
 from ..render import template
-from .base import Item, Phase
+from .base import Item, Phase, service_running
 
 BINARIES = ("kubeadm", "kubelet", "kubectl", "crictl", "k3s")
 UNITS = {"kubelet": ("kubelet",), "k3s": ("k3s", "k3s-agent")}
@@ -52,6 +52,13 @@ class Binaries(Phase):
             return "kubelet"
         return "k3s" if node.has("control_plane") else "k3s-agent"
 
+    def probes(self, c, node):
+        return {"paths": [paths.KUBELET_CONF]}
+
+    def joined(self, ctx, node) -> bool:
+        """kubeadm starts the kubelet; once the node has joined, keeping it running is ours."""
+        return not ctx.cluster.is_k3s and ctx.has_file(node, paths.KUBELET_CONF)
+
     def checks(self, ctx, node):
         """Without a bundle the expected binaries are unknown: only their absence is work."""
         if ctx.bundle is None:
@@ -59,6 +66,11 @@ class Binaries(Phase):
             missing = [b for b in names if not ctx.facts[node.name].binaries.get(b)]
             if missing:
                 yield "install " + ", ".join(missing) + " from the bundle"
+        if self.joined(ctx, node):
+            yield from service_running(ctx, node, "kubelet")
+
+    def hostvars(self, ctx, node):
+        return {"kubelet_joined": self.joined(ctx, node)}
 
 
 PHASE = Binaries()

@@ -1,0 +1,59 @@
+"""Node paths, units and ports that both Python and the playbooks need, defined once.
+
+Playbooks never spell these: every run passes `PLAYBOOK_VARS` as the extra variable `paths`
+(`{{ paths.admin_conf }}`), so a path changes here and nowhere else.
+"""
+
+from __future__ import annotations
+
+# kubeadm
+KUBERNETES_DIR = "/etc/kubernetes"
+ADMIN_CONF = "/etc/kubernetes/admin.conf"
+KUBELET_CONF = "/etc/kubernetes/kubelet.conf"
+KUBEADM_INIT = "/etc/kubernetes/kubeadm-init.yaml"
+KUBEADM_JOIN = "/etc/kubernetes/kubeadm-join.yaml"
+KUBE_PKI = "/etc/kubernetes/pki"
+MANIFESTS = "/etc/kubernetes/manifests"
+ADDONS = "/etc/kubernetes/addons"
+NODE_META = "/etc/kubernetes/provisioner/node-meta.json"
+KUBEADM_LOG = "/var/log/provisioner/kubeadm.log"
+
+# k3s
+K3S_DIR = "/etc/rancher/k3s"
+K3S_CONFIG = "/etc/rancher/k3s/config.yaml"
+K3S_ADMIN_CONF = "/etc/rancher/k3s/k3s.yaml"
+K3S_NODE_TOKEN = "/var/lib/rancher/k3s/server/node-token"
+K3S_AGENT_CONF = "/var/lib/rancher/k3s/agent/kubelet.kubeconfig"
+
+# etcd (external members)
+ETCD_PKI = "/etc/etcd/pki"
+ETCD_DATA = "/var/lib/etcd"
+ETCD_CLIENT_PORT = 2379
+ETCD_PEER_PORT = 2380
+
+# the provisioner's own
+BIN_DIR = "/usr/local/bin"
+CNI_BIN_DIR = "/opt/cni/bin"
+STAMP_DIR = "/var/lib/provisioner/phases"
+MARKER = "/etc/provisioner/cluster.json"
+
+SERVICES = ("containerd", "etcd", "haproxy", "keepalived", "kubelet", "k3s", "k3s-agent",
+            "chrony")
+
+PLAYBOOK_VARS = {
+    "admin_conf": ADMIN_CONF,
+    "kubelet_conf": KUBELET_CONF,
+    "kubeadm_init": KUBEADM_INIT,
+    "kubeadm_join": KUBEADM_JOIN,
+    "manifests": MANIFESTS,
+    "addons": ADDONS,
+    "node_meta": NODE_META,
+    "kubeadm_log": KUBEADM_LOG,
+    "k3s_admin_conf": K3S_ADMIN_CONF,
+    "k3s_agent_conf": K3S_AGENT_CONF,
+    "k3s_node_token": K3S_NODE_TOKEN,
+    "etcd_pki": ETCD_PKI,
+    "etcd_data": ETCD_DATA,
+    "etcd_client_port": ETCD_CLIENT_PORT,
+    "stamp_dir": STAMP_DIR,
+}

@@ -1,0 +1,39 @@
+"""The phases, one module each beside its numbered playbook (provisioner/playbooks/NN-*.yml).
+
+    01 prepare → 02 runtime → 03 etcd → 04 loadbalancer → 05 binaries → 06 control-plane
+    → 07 join-control-plane → 08 join-workers → 09 cni → 10 addons → 11 node-meta
+    → 12 kubeconfig
+
+Actions (provisioner/actions.py) are ordered lists of these objects.
+"""
+
+from __future__ import annotations
+
+from importlib import import_module
+
+from .base import Context, Item, Phase, kubectl, service_running
+
+
+def _phase(module: str) -> Phase:
+    return import_module(f"{__name__}.{module}").PHASE
+
+
+PREPARE = _phase("01_prepare")
+RUNTIME = _phase("02_runtime")
+ETCD = _phase("03_etcd")
+LOADBALANCER = _phase("04_loadbalancer")
+BINARIES = _phase("05_binaries")
+CONTROL_PLANE = _phase("06_control_plane")
+JOIN_CONTROL_PLANE = _phase("07_join_control_plane")
+JOIN_WORKERS = _phase("08_join_workers")
+CNI = _phase("09_cni")
+ADDONS = _phase("10_addons")
+NODE_META = _phase("11_node_meta")
+KUBECONFIG = _phase("12_kubeconfig")
+
+ALL: tuple[Phase, ...] = (PREPARE, RUNTIME, ETCD, LOADBALANCER, BINARIES, CONTROL_PLANE,
+                          JOIN_CONTROL_PLANE, JOIN_WORKERS, CNI, ADDONS, NODE_META, KUBECONFIG)
+
+__all__ = ["ALL", "Context", "Item", "Phase", "kubectl", "service_running"] + [
+    "PREPARE", "RUNTIME", "ETCD", "LOADBALANCER", "BINARIES", "CONTROL_PLANE",
+    "JOIN_CONTROL_PLANE", "JOIN_WORKERS", "CNI", "ADDONS", "NODE_META", "KUBECONFIG"]

@@ -1,0 +1,260 @@
+"""Preflight: what would stop the install on each host, found from probed facts before any change.
+
+`check(cluster, facts)` is a pure function of the inventory and `facts.probe` output; it returns
+`HostProblem`s. Level "error" problems make `invoke cluster.preflight` exit non-zero; "info"
+ones say what the prepare phase will change (swap). `render` prints one table per host.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import Iterable, Mapping
+
+from .facts import Facts
+from .model import CONTROL_PLANE, ETCD, LOADBALANCERS, WORKERS, Cluster, Node
+
+SUPPORTED_OS = {"debian": ("11", "12", "13"), "ubuntu": ("22.04", "24.04")}
+SUPPORTED_OS_TEXT = "Debian 11/12/13 or Ubuntu 22.04/24.04"
+# Minimum memory (MB) per role, as kubespray checks it; a node with several roles needs the most.
+MIN_MEM_MB = {CONTROL_PLANE: 1500, WORKERS: 1024, ETCD: 512, LOADBALANCERS: 256}
+MIN_CPUS_CONTROL_PLANE = 2  # kubeadm's NumCPU preflight check
+MAX_SKEW_S = 2.0
+# Interfaces whose MAC is random or shared by design: not compared across hosts.
+VIRTUAL_IFACES = ("lo", "docker", "cni", "flannel", "cali", "veth", "vxlan", "tunl", "kube-ipvs",
+                  "nodelocaldns", "virbr", "br-", "ifb", "dummy", "kube-bridge")
+
+K3S_PROCS = {"k3s", "k3s-server", "k3s-agent"}
+K8S_SERVICES = {"kubelet", "k3s", "k3s-agent"}
+
+
+@dataclass(frozen=True, order=True)
+class HostProblem:
+    host: str
+    check: str
+    message: str
+    fix: str = ""
+    level: str = "error"  # "error" stops the install; "info" is something prepare will change
+
+    def __str__(self) -> str:
+        fix = f" ({self.fix})" if self.fix else ""
+        return f"{self.host}: {self.check}: {self.message}{fix}"
+
+
+def has_errors(problems: Iterable[HostProblem]) -> bool:
+    return any(p.level == "error" for p in problems)
+
+
+def report(problems: Iterable[HostProblem]) -> str:
+    """Plain text, one problem a line, errors first (for a UserError message)."""
+    ordered = sorted(problems, key=lambda p: p.level != "error")
+    return "\n".join(f"{p.level}: {p}" for p in ordered)
+
+
+def owners(cluster: Cluster) -> dict[int, tuple[set[str], set[str]]]:
+    """port -> (process names, services) of our own components that listen on it."""
+    return {
+        cluster.api_port: ({"kube-apiserver", "haproxy"} | K3S_PROCS, {"haproxy", "kubelet", "k3s"}),
+        2379: ({"etcd"} | K3S_PROCS, {"etcd", "kubelet", "k3s"}),
+        2380: ({"etcd"} | K3S_PROCS, {"etcd", "kubelet", "k3s"}),
+        10250: ({"kubelet"} | K3S_PROCS, K8S_SERVICES),
+        10257: ({"kube-controller"} | K3S_PROCS, {"kubelet", "k3s"}),  # comm is cut at 15 chars
+        10259: ({"kube-scheduler"} | K3S_PROCS, {"kubelet", "k3s"}),
+        179: ({"bird", "bird6"}, K8S_SERVICES),
+        5473: ({"calico-typha"}, K8S_SERVICES),
+    }
+
+
+def ports_for(cluster: Cluster, node: Node) -> list[int]:
+    """TCP ports the install will listen on at this node (UDP, e.g. flannel's 8472, is not probed)."""
+    ports: list[int] = []
+    kube = node.has(CONTROL_PLANE) or node.has(WORKERS)
+    if node.has(CONTROL_PLANE):
+        ports += [cluster.api_port, 10257, 10259]
+        embedded = len(cluster.control_planes) > 1 if cluster.is_k3s else not cluster.external_etcd
+        if embedded:
+            ports += [2379, 2380]  # k3s HA embedded etcd, or kubeadm's stacked etcd
+    if node.has(ETCD) and cluster.external_etcd:
+        ports += [2379, 2380]
+    if node.has(LOADBALANCERS) and cluster.ha_mode == "haproxy":
+        ports.append(cluster.api_port)
+    if kube:
+        ports.append(10250)
+        if cluster.cni == "calico":
+            ports += [179, 5473]
+    return sorted(set(ports))
+
+
+def _min_mem(node: Node) -> tuple[int, str]:
+    need = [(MIN_MEM_MB[r], r) for r in node.roles if r in MIN_MEM_MB]
+    return max(need) if need else (0, "")
+
+
+def _is_local(ip: str, f: Facts) -> bool:
+    try:
+        want = ipaddress.ip_address(ip)
+    except ValueError:
+        return True  # a DNS name: nothing to compare
+    for iface, info in f.interfaces.items():
+        for cidr in info.get("addresses", []):
+            addr = ipaddress.ip_interface(cidr)
+            if addr.ip == want or (iface == "lo" and want in addr.network):
+                return True
+    return False
+
+
+def _macs(f: Facts) -> dict[str, str]:
+    return {name: info["mac"].lower() for name, info in f.interfaces.items()
+            if info.get("mac") and info["mac"] != "00:00:00:00:00:00"
+            and not name.startswith(VIRTUAL_IFACES)}
+
+
+def check_host(cluster: Cluster, node: Node, f: Facts) -> list[HostProblem]:
+    """Everything about one reachable host on its own."""
+    out: list[HostProblem] = []
+    add = lambda check, msg, fix="", level="error": out.append(HostProblem(node.name, check, msg, fix, level))  # noqa: E731
+    kube = node.has(CONTROL_PLANE) or node.has(WORKERS)
+
+    if f.os_version not in SUPPORTED_OS.get(f.os_id, ()):
+        add("os", f"{f.os_pretty or f.os_id + ' ' + f.os_version} is not supported",
+            f"use {SUPPORTED_OS_TEXT}")
+    if not f.is_systemd:
+        add("init", f"PID 1 is {f.init or 'unknown'}, not systemd", "boot the host with systemd as init")
+
+    need, role = _min_mem(node)
+    if f.mem_mb < need:
+        add("memory", f"{f.mem_mb} MB of memory, {role} needs at least {need} MB",
+            "give the host more memory or move the role to another host")
+    if node.has(CONTROL_PLANE) and f.cpus < MIN_CPUS_CONTROL_PLANE:
+        add("cpus", f"{f.cpus} CPU, a control plane needs at least {MIN_CPUS_CONTROL_PLANE}",
+            "give the host another CPU")
+    if kube and f.swap_mb > 0:
+        add("swap", f"swap is on ({f.swap_mb} MB); the prepare phase will turn it off for the kubelet",
+            level="info")
+
+    if kube:
+        missing = [k for k in ("br_netfilter", "overlay") if not f.kernel_features.get(k, False)]
+        if missing:
+            add("kernel", f"kernel lacks {' and '.join(missing)}",
+                "install the kernel modules package (e.g. linux-modules-extra) or use a stock kernel")
+
+    table = owners(cluster)
+    for port in ports_for(cluster, node):
+        procs, services = table.get(port, (set(), set()))
+        for lst in f.listening(port):
+            who = lst.get("process")
+            ours = who in procs if who else any(f.active(s) for s in services)
+            if not ours:
+                add("port", f"TCP port {port} is already taken by {who or 'another process'} "
+                    f"on {lst.get('address')}", f"stop that service or move it to another port")
+                break
+
+    if not _is_local(node.address, f):
+        have = ", ".join(a for a in f.addresses if not a.startswith(("127.", "::1", "fe80:"))) or "none"
+        add("address", f"inventory address {node.address} is not configured on the host (it has {have})",
+            "set ansible_host to an address of the host (cluster traffic uses it)")
+
+    if abs(f.skew) > MAX_SKEW_S:
+        add("clock", f"clock is {f.skew:+.1f} s off the controller's",
+            "enable time sync (chrony or systemd-timesyncd) on the host and the controller")
+
+    present = [p for p, there in f.leftovers.items() if there]
+    marker = f.marker or {}
+    ours = (marker.get("cluster_name") == cluster.cluster_name
+            and marker.get("distribution") == cluster.distribution)
+    if present and not ours:
+        whose = (f"cluster {marker.get('cluster_name')!r} ({marker.get('distribution')})" if marker
+                 else "an install not made by this provisioner")
+        add("leftovers", f"{', '.join(present)} left by {whose}",
+            f"wipe it with `invoke cluster.reset -i {cluster.source}`")
+    return out
+
+
+def check(cluster: Cluster, facts: Mapping[str, Facts]) -> list[HostProblem]:
+    """All problems of all hosts of `cluster`, sorted by inventory order then check."""
+    problems: list[HostProblem] = []
+    up: dict[str, Facts] = {}
+    for node in cluster.nodes:
+        f = facts.get(node.name)
+        if f is None or not f.reachable:
+            why = f.error if f and f.error else "not probed"
+            problems.append(HostProblem(node.name, "reachable", why,
+                                        f"`ssh -p {node.ssh_port} {node.ssh_user}@{node.address}` must work "
+                                        "with the inventory's key"))
+            continue
+        up[node.name] = f
+        problems += check_host(cluster, node, f)
+
+    # across hosts: hostnames and MACs must be unique (cloned VMs)
+    by_hostname: dict[str, list[str]] = defaultdict(list)
+    by_mac: dict[str, list[str]] = defaultdict(list)
+    for name, f in up.items():
+        by_hostname[f.hostname].append(name)
+        for mac in set(_macs(f).values()):
+            by_mac[mac].append(name)
+    for hostname, names in by_hostname.items():
+        # the prepare phase names every host after its inventory name: a shared hostname is
+        # fixed there, so it is info on the hosts that will be renamed
+        if len(names) > 1:
+            for n in names:
+                if n != hostname:
+                    others = ", ".join(o for o in names if o != n)
+                    problems.append(HostProblem(
+                        n, "hostname", f"hostname {hostname!r} is shared with {others}; "
+                        f"the prepare phase will set it to {n!r}", level="info"))
+    for mac, names in by_mac.items():
+        if len(names) > 1:
+            for n in names:
+                others = ", ".join(o for o in names if o != n)
+                problems.append(HostProblem(n, "mac", f"MAC address {mac} is also on {others}",
+                                            "give each cloned VM its own MAC address"))
+
+    order = {n.name: i for i, n in enumerate(cluster.nodes)}
+    return sorted(problems, key=lambda p: (order.get(p.host, 1 << 30), p.check, p.message))
+
+
+def render(problems: list[HostProblem], facts: Mapping[str, Facts], console=None) -> None:
+    """One rich table per host with problems, then a one-line summary."""
+    from rich.console import Console
+    from rich.table import Table
+
+    console = console or Console()
+    by_host: dict[str, list[HostProblem]] = defaultdict(list)
+    for p in problems:
+        by_host[p.host].append(p)
+    for host, items in by_host.items():
+        f = facts.get(host)
+        title = host if not f or not f.reachable else f"{host} ({f.os_pretty}, {f.cpus} CPU, {f.mem_mb} MB)"
+        table = Table(title=title, title_justify="left", show_lines=False)
+        table.add_column("level")
+        table.add_column("check")
+        table.add_column("problem")
+        table.add_column("fix")
+        for p in items:
+            style = "red" if p.level == "error" else "cyan"
+            table.add_row(f"[{style}]{p.level}[/{style}]", p.check, p.message, p.fix)
+        console.print(table)
+    errors = sum(p.level == "error" for p in problems)
+    hosts = len({p.host for p in problems if p.level == "error"})
+    ok = [h for h in facts if h not in by_host]
+    if errors:
+        console.print(f"[red]preflight: {errors} problem(s) on {hosts} host(s)[/red]"
+                      + (f"; fine: {', '.join(ok)}" if ok else ""))
+    else:
+        console.print(f"[green]preflight: {len(facts)} host(s) ready[/green]")
+
+
+def run(cluster: Cluster, trust_new: bool = False, console=None) -> list[HostProblem]:
+    """Open the cluster's SSH pool, probe every host once, check and print; returns the problems.
+
+    Raises `ssh.HostKeyError` (a UserError) for unknown or changed host keys.
+    """
+    from . import facts as fx
+    from .ssh import Pool, known_hosts_path
+
+    with Pool(cluster.nodes, known_hosts_path(cluster), trust_new=trust_new) as pool:
+        facts = fx.probe(pool)
+    problems = check(cluster, facts)
+    render(problems, facts, console)
+    return problems

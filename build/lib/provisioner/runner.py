@@ -1,0 +1,327 @@
+"""Run one playbook on some hosts through ansible-runner, with live progress and safe secrets.
+
+    result = run_playbook(cluster, "03-etcd.yml", nodes, extravars={...}, hostvars={...},
+                          state_dir=state.dir, known_hosts=state.known_hosts,
+                          secrets={"bootstrap_token": ...}, progress=progress, phase="etcd")
+
+Each run gets its own ansible-runner private data dir, kept for later reading:
+
+    <state_dir>/runs/<UTC time>-<phase>/
+      inventory/hosts.json   only the given hosts: address, port, user, key, role groups, hostvars
+      env/extravars          the non-secret extravars (0600)
+      artifacts/<id>/stdout  the full Ansible output (RunResult.log_path)
+      artifacts/<id>/job_events/*.json
+
+The newest KEEP_RUNS run dirs are kept; older ones are removed.
+
+Secrets (the `secrets` argument, plus any extravar named in SECRET_VARS or ending in _token,
+_key or _password) never go on the command line or into env/: they are written to a 0600 vars
+file passed as `-e @file` and deleted when the run ends. Tasks that use them are marked
+`no_log: true` in the playbooks; as a safety net every event is redacted before ansible-runner
+writes it, and every file of the run dir is scrubbed of secret values after the run.
+
+Ansible is set up for speed and strictness: pipelining, ControlPersist (masters reused across
+the runs of one cluster), no fact gathering (facts come from the paramiko probe as hostvars),
+strict host key checking against the cluster's own known_hosts file and nothing else.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shlex
+import shutil
+import sys
+import tempfile
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+from .model import ROLE_GROUPS, Node
+
+PLAYBOOKS = Path(__file__).resolve().parent / "playbooks"
+KEEP_RUNS = 20
+SECRET_VARS = {"bootstrap_token", "certificate_key", "k3s_token", "vrrp_password",
+               "join_token", "encryption_key"}
+SECRET_SUFFIXES = ("_token", "_key", "_password")
+REDACTED = "********"
+MESSAGE_CHARS = 400
+
+
+@dataclass
+class RunResult:
+    ok: bool
+    per_host: dict[str, dict[str, int]] = field(default_factory=dict)
+    failures: list[tuple[str, str, str]] = field(default_factory=list)
+    log_path: Path | None = None
+    rc: int | None = None
+    seconds: float = 0.0
+
+    @property
+    def changed(self) -> list[str]:
+        return [h for h, c in self.per_host.items() if c.get("changed")]
+
+
+def is_secret(name: str) -> bool:
+    return name in SECRET_VARS or name.endswith(SECRET_SUFFIXES)
+
+
+class Redactor:
+    """Replaces known secret values in strings and nested event data."""
+
+    def __init__(self, values=()):
+        # Longest first, so a secret containing another is replaced whole.
+        self.values = sorted({str(v) for v in values if v is not None and len(str(v)) >= 4},
+                             key=len, reverse=True)
+
+    def __bool__(self) -> bool:
+        return bool(self.values)
+
+    def text(self, s: str) -> str:
+        for v in self.values:
+            if v in s:
+                s = s.replace(v, REDACTED)
+        return s
+
+    def data(self, obj):
+        if not self.values:
+            return obj
+        if isinstance(obj, str):
+            return self.text(obj)
+        if isinstance(obj, dict):
+            for k, v in obj.items():
+                obj[k] = self.data(v)
+            return obj
+        if isinstance(obj, list):
+            return [self.data(v) for v in obj]
+        return obj
+
+    def scrub_tree(self, root: Path) -> None:
+        """Rewrite every file under root that holds a secret value (the safety net)."""
+        if not self.values:
+            return
+        needles = [v.encode() for v in self.values]
+        for path in root.rglob("*"):
+            if not path.is_file() or path.is_symlink():
+                continue
+            try:
+                data = path.read_bytes()
+            except OSError:
+                continue
+            if any(n in data for n in needles):
+                for n in needles:
+                    data = data.replace(n, REDACTED.encode())
+                path.write_bytes(data)
+
+
+# -- the private data dir -------------------------------------------------------------------------
+def inventory(cluster, hosts: list[Node], hostvars: dict[str, dict] | None) -> dict:
+    """Ansible inventory (hosts.json) for just `hosts`, grouped by role."""
+    hostvars = hostvars or {}
+    all_hosts = {}
+    for n in hosts:
+        v = {"ansible_host": n.address, "ansible_port": n.ssh_port, "ansible_user": n.ssh_user,
+             "ansible_python_interpreter": "/usr/bin/python3"}
+        if n.ssh_key:
+            v["ansible_ssh_private_key_file"] = os.path.expanduser(n.ssh_key)
+        v.update(hostvars.get(n.name, {}))
+        all_hosts[n.name] = v
+    groups = {g: {"hosts": {n.name: None for n in hosts if n.has(g)}} for g in ROLE_GROUPS}
+    return {"all": {"hosts": all_hosts, "children": groups}}
+
+
+def _write_private(path: Path, data: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(data)
+    os.chmod(path, 0o600)
+
+
+def new_run_dir(state_dir: Path, phase: str) -> Path:
+    runs = Path(state_dir) / "runs"
+    runs.mkdir(parents=True, exist_ok=True)
+    os.chmod(runs, 0o700)
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S.%fZ")
+    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in phase) or "run"
+    path = runs / f"{stamp}-{safe}"
+    path.mkdir(mode=0o700)
+    rotate(runs)
+    return path
+
+
+def rotate(runs: Path, keep: int = KEEP_RUNS) -> list[Path]:
+    """Remove all but the newest `keep` run dirs (names sort by time); returns those removed."""
+    dirs = sorted(p for p in runs.iterdir() if p.is_dir())
+    old = dirs[:-keep] if keep else dirs
+    for p in old:
+        shutil.rmtree(p, ignore_errors=True)
+    return old
+
+
+def control_path_dir(state_dir: Path, known_hosts: Path) -> Path:
+    """Where SSH ControlPersist sockets live: <state_dir>/cp, or a short dir under /tmp when
+    that path is too long for a socket (108 bytes with ssh's own suffixes). One per cluster
+    state dir and known_hosts file: masters are reused across phases, never across clusters."""
+    path = Path(state_dir).resolve() / "cp"
+    if len(str(path)) > 60:
+        key = hashlib.sha256(f"{path}\0{Path(known_hosts).resolve()}".encode()).hexdigest()[:12]
+        path = Path(tempfile.gettempdir()) / f"pv-cp-{os.getuid()}-{key}"
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.chmod(path, 0o700)
+    return path
+
+
+def ansible_env(known_hosts: Path, control_dir: Path, timeout: int = 15) -> dict[str, str]:
+    kh = shlex.quote(str(Path(known_hosts).resolve()))
+    ssh_args = ("-o ControlMaster=auto -o ControlPersist=60s "
+                f"-o UserKnownHostsFile={kh} -o GlobalKnownHostsFile=/dev/null "
+                "-o StrictHostKeyChecking=yes -o BatchMode=yes -o IdentitiesOnly=yes "
+                "-o ServerAliveInterval=30")
+    bindir = str(Path(sys.executable).parent)
+    return {
+        "PATH": bindir + os.pathsep + os.environ.get("PATH", "/usr/bin:/bin"),
+        "ANSIBLE_PIPELINING": "True",
+        "ANSIBLE_SSH_ARGS": ssh_args,
+        "ANSIBLE_HOST_KEY_CHECKING": "True",
+        "ANSIBLE_SSH_CONTROL_PATH_DIR": str(control_dir),
+        "ANSIBLE_GATHERING": "explicit",
+        "ANSIBLE_RETRY_FILES_ENABLED": "False",
+        "ANSIBLE_TIMEOUT": str(timeout),
+        "ANSIBLE_ROLES_PATH": str(PLAYBOOKS / "roles"),
+        "ANSIBLE_LIBRARY": str(PLAYBOOKS / "library"),
+        "ANSIBLE_NOCOLOR": "1",
+        "ANSIBLE_FORCE_COLOR": "0",
+        "ANSIBLE_DEPRECATION_WARNINGS": "False",
+        "ANSIBLE_SYSTEM_WARNINGS": "False",
+        "ANSIBLE_INTERPRETER_PYTHON": "/usr/bin/python3",
+        "ANSIBLE_LOCAL_TEMP": str(Path(tempfile.gettempdir()) / f"pv-ansible-{os.getuid()}"),
+    }
+
+
+def _playbook_path(playbook: str) -> Path:
+    p = Path(playbook)
+    if not p.is_absolute():
+        p = PLAYBOOKS / p
+    if not p.is_file():
+        raise FileNotFoundError(f"playbook {p} does not exist")
+    return p
+
+
+# -- results --------------------------------------------------------------------------------------
+def task_message(res: dict) -> str:
+    """The useful part of a failed task's result: msg, else the last lines of stderr/stdout."""
+    if not isinstance(res, dict):
+        return str(res)[:MESSAGE_CHARS]
+    if res.get("censored"):
+        return "output hidden (no_log); rerun the task by hand to see it"
+    parts = []
+    msg = res.get("msg")
+    if msg:
+        parts.append(str(msg))
+    for key in ("stderr", "stdout"):
+        text = (res.get(key) or "").strip()
+        if text and text not in parts:
+            lines = text.splitlines()
+            parts.append("\n".join(lines[-5:]))
+            break
+    if not parts and res.get("results"):  # a loop: the first failed item
+        for item in res["results"]:
+            if isinstance(item, dict) and item.get("failed"):
+                return f"item {item.get('item')!r}: {task_message(item)}"
+    text = " | ".join(p.strip() for p in parts if p.strip()) or "failed (no message)"
+    return text if len(text) <= MESSAGE_CHARS else text[:MESSAGE_CHARS] + "..."
+
+
+def _tail(path: Path | None, lines: int = 8) -> str:
+    if not path or not path.exists():
+        return ""
+    return "\n".join(path.read_text(errors="replace").strip().splitlines()[-lines:])
+
+
+# -- running --------------------------------------------------------------------------------------
+def run_playbook(cluster, playbook: str, hosts: list[Node], extravars: dict | None,
+                 hostvars: dict[str, dict] | None, state_dir: Path, known_hosts: Path,
+                 progress=None, phase: str = "", secrets: dict | None = None,
+                 forks: int | None = None, timeout: int = 15) -> RunResult:
+    """Run `playbook` (a name under playbooks/ or an absolute path) on `hosts` only.
+
+    Returns RunResult; never raises for task failures or unreachable hosts (those are data).
+    """
+    import ansible_runner  # imported here: it is slow to import and only needed to apply
+
+    book = _playbook_path(playbook)
+    run_dir = new_run_dir(Path(state_dir), phase or book.stem)
+    names = [n.name for n in hosts]
+    plain = {k: v for k, v in (extravars or {}).items() if not is_secret(k)}
+    hidden = {k: v for k, v in (extravars or {}).items() if is_secret(k)}
+    hidden.update(secrets or {})
+    redact = Redactor(hidden.values())
+    if progress is not None:
+        if hasattr(progress, "add_secrets"):
+            progress.add_secrets(hidden.values())
+        if hasattr(progress, "phase"):
+            progress.phase(phase or book.stem, names)
+
+    _write_private(run_dir / "inventory" / "hosts.json",
+                   json.dumps(inventory(cluster, hosts, hostvars), indent=1))
+    _write_private(run_dir / "env" / "extravars", json.dumps(plain, indent=1))
+    cmdline = []
+    secret_file = None
+    if hidden:
+        fd, name = tempfile.mkstemp(prefix=".secrets-", suffix=".json", dir=run_dir)
+        secret_file = Path(name)
+        with os.fdopen(fd, "w") as f:  # mkstemp creates it 0600
+            json.dump(hidden, f)
+        cmdline = ["-e", f"@{secret_file}"]
+
+    failures: list[tuple[str, str, str]] = []
+    stats: dict = {}
+
+    def on_event(event: dict) -> bool:
+        redact.data(event)  # mutated in place: ansible-runner writes it after this returns
+        kind = event.get("event", "")
+        data = event.get("event_data", {}) or {}
+        if kind in ("runner_on_failed", "runner_on_unreachable") and not data.get("ignore_errors"):
+            failures.append((data.get("host", "?"), data.get("task", "?"),
+                             ("unreachable: " if kind == "runner_on_unreachable" else "")
+                             + task_message(data.get("res", {}))))
+        elif kind == "playbook_on_stats":
+            stats.update(data)
+        if progress is not None:
+            progress.event(event)
+        return True
+
+    env = ansible_env(Path(known_hosts), control_path_dir(Path(state_dir), Path(known_hosts)), timeout)
+    Path(env["ANSIBLE_LOCAL_TEMP"]).mkdir(mode=0o700, exist_ok=True)
+    started = datetime.now(timezone.utc)
+    try:
+        r = ansible_runner.run(
+            private_data_dir=str(run_dir), playbook=str(book), envvars=env,
+            cmdline=" ".join(shlex.quote(c) for c in cmdline) or None,
+            event_handler=on_event, quiet=True, limit=",".join(names) or None,
+            forks=forks or max(5, len(names)),
+        )
+    finally:
+        if secret_file is not None:
+            secret_file.unlink(missing_ok=True)
+        redact.scrub_tree(run_dir)
+    seconds = (datetime.now(timezone.utc) - started).total_seconds()
+
+    log_path = Path(r.config.artifact_dir) / "stdout"
+    per_host = {}
+    for n in names:
+        per_host[n] = {
+            "ok": stats.get("ok", {}).get(n, 0),
+            "changed": stats.get("changed", {}).get(n, 0),
+            "failed": stats.get("failures", {}).get(n, 0),
+            "unreachable": stats.get("dark", {}).get(n, 0),
+            "skipped": stats.get("skipped", {}).get(n, 0),
+        }
+    if r.rc != 0 and not failures:
+        tail = redact.text(_tail(log_path)) or f"ansible-playbook exited {r.rc} ({r.status})"
+        failures.append(("*", book.name, tail[-MESSAGE_CHARS * 2:]))
+    ok = r.rc == 0 and r.status == "successful" and not failures
+    return RunResult(ok=ok, per_host=per_host, failures=failures, log_path=log_path, rc=r.rc,
+                     seconds=seconds)

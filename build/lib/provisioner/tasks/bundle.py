@@ -1,0 +1,50 @@
+"""`invoke bundle.*`: fetch the Kubernetes binaries for an offline install, verify a copied bundle."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from invoke import task
+
+from .. import bundle as bundles
+from .. import inventory as inv
+from .. import validate
+from ..errors import UserError
+from . import DEFAULT_INVENTORY, user_errors
+
+HELP = {
+    "inventory": "inventory file: its distribution and kubernetes_version decide what is fetched",
+    "dest": "bundle folder to fetch into (default: the inventory's bundle_dir, else ./bundle)",
+    "bundle": "bundle folder to check (default: the inventory's bundle_dir, else ./bundle)",
+    "mirror": "base URL instead of download_mirror (dl.k8s.io layout; k3s: its release layout)",
+    "github_mirror": "base URL instead of https://github.com for crictl, CNI plugins and k3s",
+    "arch": "CPU architecture of the nodes (amd64, arm64)",
+}
+
+
+@task(help={k: HELP[k] for k in ("inventory", "dest", "mirror", "github_mirror", "arch")})
+@user_errors
+def fetch(c, inventory=DEFAULT_INVENTORY, dest=None, mirror=None, github_mirror=None,
+          arch="amd64"):
+    """Download the cluster's Kubernetes binaries, checking every published sha256."""
+    cluster = inv.load(inventory, check=validate.check_for_fetch)
+    where = bundles.default_dir(cluster, dest)
+    folder = bundles.fetch(cluster, where, mirror=mirror, github_mirror=github_mirror, arch=arch)
+    found = bundles.locate(cluster, where, arch=arch)
+    total = sum(p.stat().st_size for p, _ in found.files.values()) if found else 0
+    print(f"{folder}: {len(found.files) if found else 0} files, {total / 1e6:.0f} MB, verified")
+    print(f"copy {where}/ to the machine that runs cluster.up and pass --bundle DIR "
+          f"(or set bundle_dir: DIR in the inventory)")
+
+
+@task(help={k: HELP[k] for k in ("inventory", "bundle", "arch")})
+@user_errors
+def verify(c, inventory=DEFAULT_INVENTORY, bundle=None, arch="amd64"):
+    """Check a bundle folder against its SHA256SUMS (e.g. after copying it to an offline site)."""
+    cluster = inv.load(inventory)
+    found = bundles.locate(cluster, Path(bundle) if bundle else None, arch=arch)
+    if found is None:
+        raise UserError(bundles.missing_message(cluster, bundle))
+    for name, (path, sha) in sorted(found.files.items()):
+        print(f"{sha}  {name}")
+    print(f"{found.dir}: all {len(found.files)} files match {bundles.SUMS}")

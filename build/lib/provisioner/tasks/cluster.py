@@ -1,0 +1,220 @@
+"""`invoke cluster.*`: validate, render, plan, preflight, up, and day-2 actions."""
+
+from __future__ import annotations
+
+from invoke import task
+
+from .. import inventory as inv
+from .. import actions, paths
+from ..errors import InvalidInventory, UserError
+from ..model import ROLE_GROUPS
+from . import DEFAULT_INVENTORY, user_errors
+
+HELP = {
+    "inventory": "inventory file (default: the built-in lab, inventories/lab.yml)",
+    "bundle": "offline bundle folder with the Kubernetes binaries (see bundle.fetch)",
+    "from_": "resume at this phase (phases: " + ", ".join(p.title for p in actions.UP) + ")",
+    "trust_new_hosts": "record the SSH host keys of hosts not yet in known_hosts",
+    "yes": "do not ask for confirmation",
+    "files": "also list every managed file per host (new, changed, unchanged) and its services",
+}
+
+
+def helps(*names: str) -> dict:
+    return {n: HELP[n] for n in names}
+
+
+@task(help={"inventory": "inventory file (default: the built-in lab)"})
+@user_errors
+def validate(c, inventory=DEFAULT_INVENTORY):
+    """Check an inventory; print every problem as FILE:LINE: key: message (fix)."""
+    try:
+        cluster = inv.load(inventory)
+    except InvalidInventory as e:
+        n = len(e.problems)
+        raise UserError(f"{e}\n{n} problem{'s' if n != 1 else ''} in {inventory}") from None
+    roles = ", ".join(f"{len(cluster.with_role(r))} {r}" for r in ROLE_GROUPS
+                      if cluster.with_role(r))
+    print(f"{inventory}: valid: {len(cluster.nodes)} host(s) ({roles}), {cluster.distribution} "
+          f"{cluster.kubernetes_version}, ha_mode {cluster.ha_mode}, API {cluster.api_endpoint}")
+
+
+def summarize(changes: list[str], keep: int = 3) -> list[str]:
+    """Long runs of file writes shrink to the first few and a count."""
+    writes = [c for c in changes if c.startswith("write ")]
+    if len(writes) <= keep + 1:
+        return changes
+    rest = [c for c in changes if not c.startswith("write ")]
+    return writes[:keep] + [f"and {len(writes) - keep} more files"] + rest
+
+
+def print_plan(plan, verb="would") -> int:
+    """One block per phase: the hosts with work and what changes there. Returns #changes."""
+    total = 0
+    for phase, work in plan:
+        if not work:
+            print(f"{phase.title:<20} nothing to do")
+            continue
+        print(f"{phase.title:<20} {len(work)} host(s) {verb} change")
+        for host, changes in sorted(work.items()):
+            total += len(changes)
+            print(f"  {host}: " + "; ".join(summarize(changes)))
+    return total
+
+
+@task(help=helps("inventory", "bundle", "from_", "trust_new_hosts", "files"))
+@user_errors
+def plan(c, inventory=DEFAULT_INVENTORY, bundle=None, from_=None, trust_new_hosts=False,
+         files=False):
+    """Dry run: probe the hosts and print, per phase and host, what cluster.up would change."""
+
+    cluster = inv.load(inventory)
+    run, result = actions.plan(cluster, bundle_dir=bundle, start=from_, trust_new=trust_new_hosts)
+    if files:
+        for n in cluster.nodes:
+            services = run.ctx.facts[n.name].services
+            print(f"{n.name}: " + ", ".join(f"{u} {s.get('active', '?')}"
+                                             for u, s in sorted(services.items())))
+            for phase, path, state in run.file_states(n.name):
+                print(f"  {state:<9} {path}  ({phase})")
+    n = print_plan(result)
+    print(f"{n} change(s) pending" if n else "cluster is converged: nothing to do")
+
+
+@task(help=helps("inventory", "bundle", "from_", "trust_new_hosts"))
+@user_errors
+def up(c, inventory=DEFAULT_INVENTORY, bundle=None, from_=None, trust_new_hosts=False):
+    """Build or converge the cluster: validate, preflight, then every phase that has work."""
+    from ..progress import Progress
+
+    cluster = inv.load(inventory)
+    with Progress() as progress:
+        result = actions.up(cluster, bundle_dir=bundle, start=from_, trust_new=trust_new_hosts,
+                            progress=progress)
+    n = print_plan(result, verb="did")
+    print(f"cluster {cluster.cluster_name} converged ({n} change(s))")
+
+
+@task(help=helps("inventory"))
+@user_errors
+def status(c, inventory=DEFAULT_INVENTORY):
+    """Per host: reachable, roles, and the state of every cluster service."""
+    from rich.console import Console
+    from rich.table import Table
+
+
+    cluster = inv.load(inventory)
+    facts = actions.status(cluster)
+    table = Table(title=f"cluster {cluster.cluster_name}")
+    for col in ("host", "address", "roles") + paths.SERVICES:
+        table.add_column(col)
+    for n in cluster.nodes:
+        services = facts[n.name].services
+        table.add_row(n.name, n.address, ",".join(n.roles),
+                      *(services.get(u, {}).get("active", "-") for u in paths.SERVICES))
+    Console().print(table)
+
+
+@task(help=helps("inventory"))
+@user_errors
+def smoke(c, inventory=DEFAULT_INVENTORY):
+    """On a real cluster: a pod per node, a Service, DNS through CoreDNS, pod-to-pod traffic."""
+
+    actions.smoke(inv.load(inventory))
+
+
+@task(help=helps("inventory", "yes"))
+@user_errors
+def reset(c, inventory=DEFAULT_INVENTORY, yes=False):
+    """Remove Kubernetes, etcd and load balancers from every host (PKI and secrets are kept)."""
+
+    cluster = inv.load(inventory)
+    if not yes and input(f"reset cluster {cluster.cluster_name} on {len(cluster.nodes)} "
+                         "hosts? type the cluster name: ").strip() != cluster.cluster_name:
+        print("not confirmed; nothing changed")
+        return
+    actions.reset(cluster)
+    print(f"cluster {cluster.cluster_name} removed from its hosts")
+
+
+# -- preflight and host-key trust (SSH layer: provisioner/ssh.py, facts.py, preflight.py) -------
+
+@task(help=helps("inventory", "trust_new_hosts"))
+@user_errors
+def preflight(c, inventory=DEFAULT_INVENTORY, trust_new_hosts=False):
+    """Probe every host (one round trip each) and list what would stop the install; exit 2 if any."""
+    from invoke import Exit
+
+    from .. import preflight as pf
+
+    problems = pf.run(inv.load(inventory), trust_new=trust_new_hosts)
+    if pf.has_errors(problems):
+        raise Exit(code=2)
+
+
+@task(help=helps("inventory", "yes"))
+@user_errors
+def trust(c, inventory=DEFAULT_INVENTORY, yes=False):
+    """Show each host's SSH key fingerprint and record the new ones in the cluster's known_hosts."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from ..errors import UserError
+    from ..ssh import known_hosts_path, record_host_keys, scan_hosts
+
+    cluster = inv.load(inventory)
+    path = known_hosts_path(cluster)
+    scanned = scan_hosts(cluster.nodes, path)
+    table = Table(title=f"host keys of cluster {cluster.cluster_name} ({path})", title_justify="left")
+    for col in ("host", "address", "key", "fingerprint", "status"):
+        table.add_column(col)
+    style = {"known": "green", "unknown": "yellow", "changed": "red", "error": "red"}
+    label = {"known": "trusted", "unknown": "new", "changed": "CHANGED", "error": "unreachable"}
+    for s in scanned:
+        table.add_row(s.name, s.entry, s.key.get_name() if s.key else "-", s.fingerprint or (s.error or ""),
+                      f"[{style[s.status]}]{label[s.status]}[/{style[s.status]}]")
+    Console().print(table)
+    new = [s for s in scanned if s.status == "unknown"]
+    if new and (yes or input(f"record {len(new)} new host key(s) in {path}? [y/N] ").strip().lower() in ("y", "yes")):
+        record_host_keys(path, [(s.entry, s.key) for s in new])
+        print(f"recorded {len(new)} host key(s) in {path}")
+    elif new:
+        print("not confirmed; nothing recorded")
+    else:
+        print("no new host keys")
+    changed = [s for s in scanned if s.status == "changed"]
+    failed = [s for s in scanned if s.status == "error"]
+    if changed or failed:
+        lines = [f"{s.name}: host key CHANGED ({s.fingerprint}); if the host was reinstalled: "
+                 f"ssh-keygen -f {path} -R '{s.entry}', then run cluster.trust again" for s in changed]
+        lines += [s.error for s in failed]
+        raise UserError("\n".join(lines))
+
+
+# -- render (templates -> files per host: provisioner/render.py) -------------------------------
+
+@task(help={"inventory": HELP["inventory"],
+            "out": "folder to write <host>/<node path> into (default: the cluster's state "
+                   "folder, state/<cluster>/rendered, which is never committed)"})
+@user_errors
+def render(c, inventory=DEFAULT_INVENTORY, out=None):
+    """Write every config file each host would get, with the cluster's real secrets (0600)."""
+    from .. import render as renderer
+    from ..state import State
+
+    cluster = inv.load(inventory)
+    state = State(cluster)
+    with state.lock(wait=10):
+        run = actions.Run.prepare(cluster)
+    secrets = run.ctx.secrets
+    files = renderer.render(cluster, secrets, pki=run.ctx.pki)
+    target = out or str(state.dir / "rendered")
+    try:
+        written = renderer.write_tree(files, target)
+    except OSError as e:
+        from ..errors import UserError
+
+        raise UserError(f"{e.filename or target}: cannot write: {e.strerror} "
+                        "(choose another folder with -o)") from None
+    print(f"wrote {len(written)} files for {len(files)} hosts to {target}/<host>/ "
+          "(files holding secrets are 0600)")
