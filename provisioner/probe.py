@@ -35,7 +35,8 @@ import time
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # annotations only: typing is not imported on the node (start-up time)
-    from typing import Any, Callable
+    from collections.abc import Callable
+    from typing import Any
 
 PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin:/opt/bin"
 ENV = dict(os.environ, LC_ALL="C", PATH=PATH)
@@ -92,7 +93,7 @@ class Job:
         self.timed_out = False
         self.missing = False
         self.deadline = time.monotonic() + timeout
-        self.proc: subprocess.Popen | None = None
+        self.proc: subprocess.Popen[bytes] | None = None
         exe = self.argv[0] if "/" in self.argv[0] else which(self.argv[0], path)
         if exe is None:
             self.rc, self.missing = 127, True
@@ -405,7 +406,7 @@ def read_cert(path: str) -> str:
         raise PermissionError("holds a PRIVATE KEY: not sent")
     import re
 
-    return "".join(b.decode("ascii", "replace") + "\n" for b in re.findall(CERT_RE, data, re.S))
+    return "".join(b.decode("ascii", "replace") + "\n" for b in re.findall(CERT_RE, data, re.DOTALL))
 
 
 def cert_facts(paths: list[str]) -> tuple[dict[str, str | None], dict[str, str]]:
@@ -440,18 +441,18 @@ def parse_timestamp(value: str) -> int:
 
     "@1700000000" (--timestamp=unix), "Tue 2023-11-14 22:13:20.123456 UTC" (us+utc), or
     "Tue 2023-11-14 22:13:20 UTC" (the default format under TZ=UTC)."""
+    # imported here only: calendar imports locale (~10 ms of start-up on every node)
+    import calendar
+    import re
+
     value = value.strip()
     if not value or value == "n/a":
         return 0
     if value.startswith("@"):
-        return int(round(float(value[1:]) * 1000000))
-    import re
-
+        return round(float(value[1:]) * 1000000)
     m = re.match(r"^\w+ (\d{4})-(\d\d)-(\d\d) (\d\d):(\d\d):(\d\d)(?:\.(\d{1,6}))? (UTC|GMT|\+0000)$", value)
     if not m:
         return 0
-    import calendar   # only here: it imports locale (~10 ms)
-
     secs = calendar.timegm(tuple(int(x) for x in m.groups()[:6]) + (0, 0, 0))
     return secs * 1000000 + int((m.group(7) or "0").ljust(6, "0"))
 
@@ -472,7 +473,7 @@ def parse_systemctl_show(text: str) -> tuple[dict[str, dict[str, str]], dict[str
     return services, started
 
 
-def services_from(job: Job | None, units: list[str], path: str = PATH) -> tuple[dict | None, dict | None]:
+def services_from(job: Job | None, units: list[str], path: str = PATH) -> tuple[dict[str, dict[str, str]] | None, dict[str, int] | None]:
     """(services, started), ({}, {}) with no units, (None, None) when systemctl fails."""
     if job is None:
         return {}, {}
@@ -483,7 +484,7 @@ def services_from(job: Job | None, units: list[str], path: str = PATH) -> tuple[
     return parse_systemctl_show(job.text)
 
 
-def services(units: list[str], path: str = PATH) -> tuple[dict | None, dict | None]:
+def services(units: list[str], path: str = PATH) -> tuple[dict[str, dict[str, str]] | None, dict[str, int] | None]:
     job = systemctl_job(units, path)
     return services_from(finish([job])[0] if job else None, units, path)
 
@@ -563,11 +564,12 @@ def leftovers(paths: list[str]) -> dict[str, bool]:
 
 def marker(path: str) -> dict[str, Any] | None:
     try:
-        return json.loads(read(path))
+        value = json.loads(read(path))
     except FileNotFoundError:
         return None
     except ValueError:
         return {"invalid": True}
+    return value if isinstance(value, dict) else {"invalid": True}
 
 
 def probe(params: dict[str, Any]) -> dict[str, Any]:

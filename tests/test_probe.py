@@ -122,8 +122,8 @@ printf 'Id=kubelet.service\\nLoadState=loaded\\nActiveState=active\\nUnitFileSta
     assert services == {"kubelet": {"active": "active", "enabled": "enabled"}}
     assert started == {"kubelet": 1700000000000042}
     calls = log.read_text().splitlines()
-    assert calls == ["show --timestamp=us+utc -p Id,LoadState,ActiveState,UnitFileState,ActiveEnterTimestamp "
-                     "kubelet.service"]
+    assert calls == [("show --timestamp=us+utc -p Id,LoadState,ActiveState,UnitFileState,ActiveEnterTimestamp "
+                      "kubelet.service")]
 
 
 def test_services_with_an_old_systemctl_parses_the_default_format(tmp_path):
