@@ -146,7 +146,8 @@ def probe(pool, paths_by_host: Mapping[str, Iterable[str]] | None = None, servic
 
     paths_by_host {host: [path]} -> files, stats; certs_by_host {host: [path]} -> certs;
     commands_by_host {host: {name: [argv...]}} -> commands (no shell; each with a 10 s timeout,
-    or {name: {"argv": [...], "timeout": s}}). Hosts without an entry get empty dicts."""
+    or {name: {"argv": [...], "timeout": s}}; keep it well below `timeout`, which bounds the whole
+    probe of a host). Hosts without an entry get empty dicts."""
     paths_by_host, commands_by_host, certs_by_host = paths_by_host or {}, commands_by_host or {}, certs_by_host or {}
     names = list(pool.nodes) if hosts is None else list(hosts)
     cmd, stdin = {}, {}
