@@ -1,15 +1,19 @@
 """What a host is and has, read in one round trip per host. This module only reads.
 
-`probe(pool, paths_by_host)` sends one small python3 script per host on stdin (`python3 -`); it
-prints one JSON document, which becomes a `Facts`. Unreachable hosts get `Facts(reachable=False,
-error=...)`, so every host of the pool has an entry.
+`probe(pool, paths_by_host)` sends the text of provisioner/probe.py to each host as the stdin of
+one `python3 - 'PARAMS'` command (parameters as JSON); it prints one JSON document, which becomes
+a `Facts`. Unreachable hosts get `Facts(reachable=False, error=...)`, so every host of the pool
+has an entry.
 """
 
 from __future__ import annotations
 
+import functools
 import json
+import shlex
 from dataclasses import dataclass, field, fields
-from typing import Any, Iterable
+from importlib import resources
+from typing import Any, Iterable, Mapping
 
 SERVICES = ("containerd", "etcd", "haproxy", "keepalived", "kubelet", "k3s", "k3s-agent", "chrony")
 BINARIES = ("containerd", "runc", "etcd", "kubeadm", "kubelet", "kubectl", "k3s", "haproxy", "keepalived")
@@ -42,13 +46,19 @@ class Facts:
     listeners: list = field(default_factory=list)    # [{"address", "port", "process"}], TCP LISTEN
     clock: float = 0.0                # host's time.time() when the script ran
     controller_clock: float = 0.0     # controller's time halfway through the round trip
-    files: dict = field(default_factory=dict)        # path -> sha256 hex or None (missing)
+    files: dict = field(default_factory=dict)        # path -> sha256 hex or None (missing, not a file)
     services: dict = field(default_factory=dict)     # unit -> {"active": str, "enabled": str}
     versions: dict = field(default_factory=dict)     # binary -> first line of its version, or None
     kernel_features: dict = field(default_factory=dict)  # br_netfilter, overlay -> bool
     leftovers: dict = field(default_factory=dict)    # LEFTOVERS path -> present
     marker: dict | None = None        # contents of MARKER, None when absent
     seconds: float = 0.0              # how long the probe took
+    # new fields go last (positional compatibility)
+    stats: dict = field(default_factory=dict)        # path (as in files) -> {"mode", "uid", "gid", "owner", "group"} or None
+    started: dict = field(default_factory=dict)      # unit -> ActiveEnterTimestamp, usec since epoch, or 0
+    commands: dict = field(default_factory=dict)     # name -> {"rc": int or None (timed out), "out": str}
+    certs: dict = field(default_factory=dict)        # path -> its CERTIFICATE PEM blocks or None; never a key
+    probe_errors: dict = field(default_factory=dict)  # fact or "files[PATH]", "certs[PATH]" -> why it is missing
 
     @classmethod
     def from_dict(cls, host: str, data: dict) -> "Facts":
@@ -80,239 +90,71 @@ class Facts:
         return self.services.get(service, {}).get("active") == "active"
 
 
-# The script runs on the host with its parameters prepended as PARAMS. Standard library only,
-# python3 >= 3.6 (Debian 11 has 3.9). Each part is guarded: one failing read gives None, not a crash.
-SCRIPT = r'''
-import hashlib, json, os, socket, struct, subprocess, time
-
-ENV = dict(os.environ, LC_ALL="C", PATH="/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin:/opt/bin")
-out = {}
-
-def guard(key, fn):
-    try:
-        out[key] = fn()
-    except Exception as e:
-        out.setdefault("probe_errors", {})[key] = "%s: %s" % (type(e).__name__, e)
-
-def read(path):
-    with open(path) as f:
-        return f.read()
-
-def os_release():
-    d = {}
-    for line in read("/etc/os-release").splitlines():
-        if "=" in line:
-            k, v = line.split("=", 1)
-            d[k] = v.strip().strip('"')
-    out["os_id"], out["os_version"], out["os_pretty"] = d.get("ID", ""), d.get("VERSION_ID", ""), d.get("PRETTY_NAME", "")
-
-def cpus():
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:
-        return os.cpu_count()
-
-def mem_mb():
-    for line in read("/proc/meminfo").splitlines():
-        if line.startswith("MemTotal:"):
-            return int(line.split()[1]) // 1024
-
-def swap_mb():
-    lines = read("/proc/swaps").splitlines()[1:]
-    return sum(int(l.split()[2]) for l in lines if l.strip()) // 1024
-
-def init():
-    return read("/proc/1/comm").strip()
-
-def interfaces():
-    try:
-        data = json.loads(subprocess.run(["ip", "-j", "addr", "show"], stdout=subprocess.PIPE,
-                                         env=ENV, timeout=10, check=True).stdout)
-        return {i["ifname"]: {"mac": i.get("address", ""),
-                              "addresses": ["%s/%s" % (a["local"], a["prefixlen"]) for a in i.get("addr_info", [])]}
-                for i in data}
-    except (OSError, ValueError, subprocess.SubprocessError):
-        pass
-    # without iproute2: MACs from /sys, IPv4 (primary only) by ioctl, IPv6 from /proc
-    import fcntl
-    res = {}
-    for name in os.listdir("/sys/class/net"):
-        mac = read("/sys/class/net/%s/address" % name).strip()
-        addrs = []
-        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        try:
-            packed = struct.pack("256s", name[:15].encode())
-            ip = socket.inet_ntoa(fcntl.ioctl(s.fileno(), 0x8915, packed)[20:24])
-            mask = socket.inet_ntoa(fcntl.ioctl(s.fileno(), 0x891b, packed)[20:24])
-            addrs.append("%s/%d" % (ip, bin(struct.unpack("!I", socket.inet_aton(mask))[0]).count("1")))
-        except OSError:
-            pass
-        finally:
-            s.close()
-        res[name] = {"mac": mac, "addresses": addrs}
-    try:
-        for line in read("/proc/net/if_inet6").splitlines():
-            h, _, plen, _, _, name = line.split()
-            ip = socket.inet_ntop(socket.AF_INET6, bytes.fromhex(h))
-            res.setdefault(name, {"mac": "", "addresses": []})["addresses"].append("%s/%d" % (ip, int(plen, 16)))
-    except OSError:
-        pass
-    return res
-
-def listeners():
-    found = {}
-    for name, family in (("tcp", socket.AF_INET), ("tcp6", socket.AF_INET6)):
-        try:
-            lines = read("/proc/net/" + name).splitlines()[1:]
-        except OSError:
-            continue
-        for line in lines:
-            parts = line.split()
-            if parts[3] != "0A":  # LISTEN
-                continue
-            hexip, hexport = parts[1].split(":")
-            raw = bytes.fromhex(hexip)
-            if family == socket.AF_INET:
-                ip = socket.inet_ntop(family, raw[::-1])
-            else:
-                ip = socket.inet_ntop(family, b"".join(raw[i:i + 4][::-1] for i in range(0, 16, 4)))
-            found[parts[9]] = {"address": ip, "port": int(hexport, 16), "process": None}
-    # which process holds each listening socket (root can read every /proc/PID/fd)
-    wanted = {"socket:[%s]" % inode: inode for inode in found}
-    for pid in os.listdir("/proc"):
-        if not pid.isdigit() or not wanted:
-            continue
-        try:
-            fds = os.listdir("/proc/%s/fd" % pid)
-            comm = None
-            for fd in fds:
-                try:
-                    target = os.readlink("/proc/%s/fd/%s" % (pid, fd))
-                except OSError:
-                    continue
-                if target in wanted:
-                    comm = comm or read("/proc/%s/comm" % pid).strip()
-                    found[wanted.pop(target)]["process"] = comm
-        except OSError:
-            continue
-    return sorted(found.values(), key=lambda x: (x["port"], x["address"]))
-
-def sha256(path):
-    try:
-        h = hashlib.sha256()
-        with open(path, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                h.update(chunk)
-        return h.hexdigest()
-    except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
-        return None
-
-def services():
-    units = [s + ".service" for s in PARAMS["services"]]
-    if not units:
-        return {}
-    r = subprocess.run(["systemctl", "show", "-p", "Id,LoadState,ActiveState,UnitFileState"] + units,
-                       stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=ENV, timeout=20,
-                       universal_newlines=True)
-    if r.returncode != 0:
-        return None
-    res = {}
-    for block in r.stdout.strip().split("\n\n"):
-        d = dict(line.split("=", 1) for line in block.splitlines() if "=" in line)
-        name = d.get("Id", "").rsplit(".service", 1)[0]
-        if d.get("LoadState") == "not-found":
-            res[name] = {"active": "inactive", "enabled": "not-found"}
-        else:
-            res[name] = {"active": d.get("ActiveState", ""), "enabled": d.get("UnitFileState", "")}
-    return res
-
-VERSION_ARGS = {"kubectl": ["version", "--client"], "kubeadm": ["version", "-o", "short"], "haproxy": ["-v"]}
-
-def versions():
-    import shutil
-    procs = {}
-    for b in PARAMS["binaries"]:
-        exe = shutil.which(b, path=ENV["PATH"])
-        if exe:
-            try:
-                procs[b] = subprocess.Popen([exe] + VERSION_ARGS.get(b, ["--version"]), stdout=subprocess.PIPE,
-                                            stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=ENV)
-            except OSError:
-                pass
-    res = {b: None for b in PARAMS["binaries"]}
-    for b, p in procs.items():
-        try:
-            text = p.communicate(timeout=15)[0].decode(errors="replace")
-            lines = [l.strip() for l in text.splitlines() if l.strip()]
-            res[b] = lines[0] if lines else ""
-        except subprocess.TimeoutExpired:
-            p.kill()
-            res[b] = ""
-    return res
-
-def kernel_features():
-    release = os.uname().release
-    def module(path):
-        base = "/lib/modules/%s/kernel/%s" % (release, path)
-        return any(os.path.exists(base + ext) for ext in (".ko", ".ko.xz", ".ko.zst", ".ko.gz"))
-    try:
-        fs = read("/proc/filesystems")
-    except OSError:
-        fs = ""
-    return {"br_netfilter": os.path.isdir("/proc/sys/net/bridge") or module("net/bridge/br_netfilter"),
-            "overlay": "\toverlay" in fs or module("fs/overlayfs/overlay")}
-
-def leftovers():
-    res = {}
-    for p in PARAMS["leftovers"]:
-        if p.endswith("manifests"):
-            res[p] = os.path.isdir(p) and bool(os.listdir(p))
-        else:
-            res[p] = os.path.exists(p)
-    return res
-
-def marker():
-    try:
-        return json.loads(read(PARAMS["marker"]))
-    except FileNotFoundError:
-        return None
-    except ValueError:
-        return {"invalid": True}
-
-guard("hostname", socket.gethostname)
-guard("os", os_release); out.pop("os", None)
-guard("arch", lambda: os.uname().machine)
-guard("kernel", lambda: os.uname().release)
-guard("cpus", cpus)
-guard("mem_mb", mem_mb)
-guard("swap_mb", swap_mb)
-guard("init", init)
-guard("interfaces", interfaces)
-guard("listeners", listeners)
-guard("files", lambda: {p: sha256(p) for p in PARAMS["paths"]})
-guard("services", services)
-guard("versions", versions)
-guard("kernel_features", kernel_features)
-guard("leftovers", leftovers)
-guard("marker", marker)
-out["clock"] = time.time()
-print(json.dumps(out))
-'''
+PROBE_MODULE = "probe.py"   # provisioner/probe.py: the program that runs on each node
+# One argument of a command line is limited to 128 KiB on Linux (MAX_ARG_STRLEN), and the remote
+# shell gets the whole command as one argument: larger parameters go on stdin after the source.
+MAX_PARAMS_ARG = 96 * 1024
 
 
-def script_for(paths: Iterable[str], services=SERVICES, binaries=BINARIES) -> str:
-    params = {"paths": list(paths), "services": list(services), "binaries": list(binaries),
-              "leftovers": list(LEFTOVERS), "marker": MARKER}
-    return f"PARAMS = {json.dumps(params)!r}\nimport json as _j\nPARAMS = _j.loads(PARAMS)\n" + SCRIPT
+@functools.lru_cache(maxsize=1)
+def probe_source() -> str:
+    """The text of provisioner/probe.py, exactly as it is shipped to the nodes."""
+    return resources.files(__package__).joinpath(PROBE_MODULE).read_text(encoding="utf-8")
 
 
-def probe(pool, paths_by_host: dict[str, list[str]] | None = None, services=SERVICES,
-          binaries=BINARIES, hosts: Iterable[str] | None = None, timeout: float = 60) -> dict[str, "Facts"]:
-    """Facts of every host of `pool` (or `hosts`), one command per host, all in parallel."""
-    paths_by_host = paths_by_host or {}
+def params_for(paths: Iterable[str] = (), services=SERVICES, binaries=BINARIES,
+               commands: Mapping[str, Any] | None = None, certs: Iterable[str] = ()) -> dict:
+    """The JSON parameters of probe.py for one host. commands: {name: [argv...]}, or
+    {name: {"argv": [...], "timeout": seconds}} for another timeout than probe.COMMAND_TIMEOUT."""
+    cmds = {}
+    for name, spec in (commands or {}).items():
+        spec = dict(spec) if isinstance(spec, Mapping) else {"argv": spec}
+        if isinstance(spec["argv"], str) or not spec["argv"]:
+            raise ValueError(f"command {name!r}: argv must be a non-empty list (no shell)")
+        cmds[str(name)] = {**spec, "argv": [str(a) for a in spec["argv"]]}
+    return {"paths": list(paths), "services": list(services), "binaries": list(binaries),
+            "leftovers": list(LEFTOVERS), "marker": MARKER, "commands": cmds, "certs": list(certs)}
+
+
+def command_for(params: dict) -> tuple[str, str]:
+    """(command, stdin) for one host: `python3 - 'PARAMS'` with probe.py's text on stdin."""
+    arg = json.dumps(params, separators=(",", ":"))
+    if len(arg) <= MAX_PARAMS_ARG:
+        return f"python3 - {shlex.quote(arg)}", probe_source()
+    return "python3 -", script_for(params=params)
+
+
+def script_for(paths: Iterable[str] = (), services=SERVICES, binaries=BINARIES, *,
+               params: dict | None = None) -> str:
+    """A standalone program (for `python3 -` without arguments): probe.py plus a call of its main."""
+    params = params_for(paths, services, binaries) if params is None else params
+    arg = json.dumps(params, separators=(",", ":"))
+    return probe_source() + f"\nsys.exit(main([\"-\", {arg!r}]))\n"
+
+
+def __getattr__(name: str) -> Any:
+    if name == "SCRIPT":   # before probe.py existed, the script was this string
+        return probe_source()
+    raise AttributeError(name)
+
+
+def probe(pool, paths_by_host: Mapping[str, Iterable[str]] | None = None, services=SERVICES,
+          binaries=BINARIES, hosts: Iterable[str] | None = None, timeout: float = 60,
+          commands_by_host: Mapping[str, Mapping[str, Any]] | None = None,
+          certs_by_host: Mapping[str, Iterable[str]] | None = None) -> dict[str, "Facts"]:
+    """Facts of every host of `pool` (or `hosts`), one command per host, all in parallel.
+
+    paths_by_host {host: [path]} -> files, stats; certs_by_host {host: [path]} -> certs;
+    commands_by_host {host: {name: [argv...]}} -> commands (no shell; each with a 10 s timeout,
+    or {name: {"argv": [...], "timeout": s}}; keep it well below `timeout`, which bounds the whole
+    probe of a host). Hosts without an entry get empty dicts."""
+    paths_by_host, commands_by_host, certs_by_host = paths_by_host or {}, commands_by_host or {}, certs_by_host or {}
     names = list(pool.nodes) if hosts is None else list(hosts)
-    stdin = {n: script_for(paths_by_host.get(n, []), services, binaries) for n in names}
-    results = pool.run("python3 -", hosts=names, stdin=stdin, timeout=timeout)
+    cmd, stdin = {}, {}
+    for n in names:
+        cmd[n], stdin[n] = command_for(params_for(paths_by_host.get(n, []), services, binaries,
+                                                  commands_by_host.get(n), certs_by_host.get(n, [])))
+    results = pool.run(cmd, hosts=names, stdin=stdin, timeout=timeout)
     facts = {}
     for name, r in results.items():
         if r.rc is None:
@@ -331,6 +173,7 @@ def probe(pool, paths_by_host: dict[str, list[str]] | None = None, services=SERV
         # when the answer arrived (off by one-way latency, milliseconds on a LAN)
         data["controller_clock"] = r.started + r.seconds
         data["seconds"] = r.seconds
-        data["services"] = data.get("services") or {}
+        for key in ("services", "started", "files", "stats", "certs", "commands"):
+            data[key] = data.get(key) or {}
         facts[name] = Facts.from_dict(name, data)
     return facts

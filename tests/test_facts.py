@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
+import shlex
 import socket
+import subprocess
 import time
+from pathlib import Path
 
 import pytest
 
@@ -183,3 +187,89 @@ def test_trust_then_preflight_tasks(sshd_hosts, tmp_path, monkeypatch, capsys):
     with pytest.raises(Exit) as e:
         tasks.preflight(Context(), inventory=str(path))
     assert e.value.code == 2 and "is also on" in capsys.readouterr().out
+
+
+# -- what is shipped, and the new facts --------------------------------------------------------
+
+class LocalPool:
+    """Runs each host's command with /bin/sh on this machine, as sshd would; records what it sent."""
+
+    def __init__(self, names):
+        self.nodes = {n: None for n in names}
+        self.sent = {}
+
+    def run(self, cmd, hosts, stdin, timeout):
+        from provisioner.ssh import Result
+
+        results = {}
+        for name in hosts:
+            c = cmd[name] if isinstance(cmd, dict) else cmd
+            data = stdin[name] if isinstance(stdin, dict) else stdin
+            self.sent[name] = (c, data)
+            start = time.time()
+            r = subprocess.run(["/bin/sh", "-c", c], input=data, capture_output=True, text=True, timeout=timeout,
+                               env={**os.environ, "PATH": "/usr/bin:/bin"})
+            results[name] = Result(r.returncode, r.stdout, r.stderr, time.time() - start, None, start)
+        return results
+
+
+def test_the_source_shipped_is_probe_py_exactly(tmp_path):
+    from provisioner import probe as node_probe
+
+    pool = LocalPool(["a"])
+    facts = fx.probe(pool, {"a": ["/etc/hostname"]})
+    cmd, stdin = pool.sent["a"]
+    assert stdin == Path(node_probe.__file__).read_text() == fx.probe_source()
+    assert Path(node_probe.__file__).parent == Path(fx.__file__).parent
+    assert cmd.startswith("python3 - '") and json.loads(shlex.split(cmd)[2]) == fx.params_for(["/etc/hostname"])
+    assert facts["a"].reachable and facts["a"].files["/etc/hostname"]
+    assert fx.SCRIPT == stdin   # the old name still answers
+
+
+def test_parameters_too_long_for_a_command_line_go_on_stdin(tmp_path):
+    paths = [str(tmp_path / f"{i:05d}-{'x' * 60}") for i in range(2000)]
+    (tmp_path / Path(paths[7]).name).write_text("seven\n")
+    pool = LocalPool(["a"])
+    f = fx.probe(pool, {"a": paths})["a"]
+    cmd, stdin = pool.sent["a"]
+    assert cmd == "python3 -" and stdin.startswith(fx.probe_source()) and len(stdin) > fx.MAX_PARAMS_ARG
+    assert f.reachable and list(f.files) == paths
+    assert f.files[paths[7]] == hashlib.sha256(b"seven\n").hexdigest() and f.stats[paths[7]]["owner"] == "root"
+    assert sum(v is None for v in f.files.values()) == len(paths) - 1
+
+
+def test_commands_must_be_argv_lists():
+    with pytest.raises(ValueError, match="argv"):
+        fx.params_for(commands={"readyz": "kubectl get --raw /readyz"})
+    assert fx.params_for(commands={"x": ("true",), "y": {"argv": ["sleep", 2], "timeout": 1}})["commands"] == {
+        "x": {"argv": ["true"]}, "y": {"argv": ["sleep", "2"], "timeout": 1}}
+
+
+def test_new_facts_over_ssh(pool, sshd_hosts, tmp_path):
+    """stats, certs, commands and started, per host, in the same single round trip."""
+    conf = tmp_path / "admin.conf"
+    conf.write_text("apiVersion: v1\n")
+    os.chown(conf, 0, 0)
+    conf.chmod(0o600)
+    crt, key = tmp_path / "ca.crt", tmp_path / "ca.key"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+                    "-keyout", str(key), "-out", str(crt), "-subj", "/CN=kubernetes", "-days", "1"],
+                   check=True, capture_output=True)
+    facts = fx.probe(pool, {"h1": [str(conf)]}, hosts=["h1", "h2"],
+                     commands_by_host={"h1": {"echo": ["echo", "ready"], "fails": ["false"],
+                                              "missing": ["kubectl-not-installed-x"],
+                                              "slow": {"argv": ["sleep", "20"], "timeout": 0.5}}},
+                     certs_by_host={"h1": [str(crt), str(key)]})
+    h1, h2 = facts["h1"], facts["h2"]
+    assert h1.reachable and h2.reachable
+    assert h1.stats == {str(conf): {"mode": 0o600, "uid": 0, "gid": 0, "owner": "root", "group": "root"}}
+    assert h1.files[str(conf)] == hashlib.sha256(b"apiVersion: v1\n").hexdigest()
+    assert h1.commands == {"echo": {"rc": 0, "out": "ready"}, "fails": {"rc": 1, "out": ""},
+                           "missing": {"rc": 127, "out": ""}, "slow": {"rc": None, "out": ""}}
+    assert h1.certs == {str(crt): crt.read_text(), str(key): None}
+    assert "PRIVATE KEY" in h1.probe_errors[f"certs[{key}]"]
+    assert h1.seconds < 10
+    # services: this machine may have no systemd; then both are empty, else one entry per unit
+    assert set(h1.started) == (set(fx.SERVICES) if h1.services else set())
+    assert all(isinstance(v, int) for v in h1.started.values())
+    assert (h2.stats, h2.commands, h2.certs) == ({}, {}, {})
