@@ -146,9 +146,13 @@ def test_a_state_folder_that_is_a_file_is_refused(tmp_path):
 
 def test_the_installed_wheel_renders_from_another_folder(tmp_path):
     """Not editable: built as a wheel, installed into a folder of its own, run from elsewhere."""
-    wheels = tmp_path / "wheels"
+    wheels, src = tmp_path / "wheels", tmp_path / "src"  # built from a copy: no build/ here
+    src.mkdir()
+    shutil.copy(REPO / "pyproject.toml", src)
+    shutil.copytree(REPO / "provisioner", src / "provisioner",
+                    ignore=shutil.ignore_patterns("__pycache__"))
     build = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps",
-                            "--no-build-isolation", "-q", "-w", str(wheels), str(REPO)],
+                            "--no-build-isolation", "-q", "-w", str(wheels), str(src)],
                            capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert build.returncode == 0, build.stderr
     (wheel,) = wheels.glob("provisioner-*.whl")
