@@ -512,6 +512,27 @@ def node_name(node_reg: dict) -> str:
     return str(node_reg.get("name") or state.hostname())
 
 
+CONTROL_PLANE_TAINT = {"key": "node-role.kubernetes.io/control-plane", "value": "",
+                       "effect": "NoSchedule"}
+
+
+def registration(node_reg: dict, control_plane: bool) -> dict:
+    """The labels (kubelet --node-labels) and taints the node registers with / is marked with."""
+    labels = {}
+    for a in node_reg.get("kubeletExtraArgs") or []:
+        if isinstance(a, dict) and a.get("name") == "node-labels":
+            for pair in str(a.get("value", "")).split(","):
+                k, _, v = pair.partition("=")
+                if k:
+                    labels[k] = v
+    if "taints" in node_reg:
+        taints = [{"key": t.get("key"), "value": t.get("value", ""), "effect": t.get("effect")}
+                  for t in node_reg.get("taints") or [] if isinstance(t, dict)]
+    else:
+        taints = [CONTROL_PLANE_TAINT] if control_plane else []
+    return {"labels": labels, "taints": taints}
+
+
 def run_steps(tool: Tool, cmd: str, steps: list[tuple[str, object]], opts: dict,
               fresh: dict) -> None:
     """Run (name, action) in order, honouring --skip-phases and the fault switch. The state
@@ -566,7 +587,8 @@ def init(tool: Tool, configs: dict, opts: dict) -> None:
         tool.say("dry run: nothing written")
         return
     fresh = {"tool": "stand-in kubeadm (TEST-ONLY)", "node": name, "role": "control-plane",
-             "etcd": "stacked" if local_etcd else "external", "steps": {}}
+             "etcd": "stacked" if local_etcd else "external", "steps": {},
+             **registration(node_reg, True)}
     steps = [
         ("preflight", do_preflight),
         ("certs", lambda: tool.say("[certs] stand-in: no certificate generated (the CA the "
@@ -582,7 +604,7 @@ def init(tool: Tool, configs: dict, opts: dict) -> None:
         ("upload-config", lambda: None),
         ("upload-certs", (lambda: None) if upload else None),
         ("mark-control-plane", lambda: None),
-        ("bootstrap-token", lambda: None),
+        ("bootstrap-token", lambda: fresh.update(tokens=token_ids(init_cfg))),
         ("kubelet-finalize", lambda: kubelet_finalize(tool)),
         ("addon", lambda: None),
         ("show-join-command", lambda: tool.say(
@@ -644,7 +666,7 @@ def join(tool: Tool, configs: dict, opts: dict) -> None:
     fresh = {"tool": "stand-in kubeadm (TEST-ONLY)", "node": name,
              "role": "control-plane" if control_plane else "worker",
              "etcd": ("stacked" if local_etcd else "external") if control_plane else None,
-             "steps": {}}
+             "steps": {}, **registration(node_reg, control_plane)}
     steps = [("preflight", do_preflight)]
     if control_plane:
         steps.append(("control-plane-prepare", prepare))
@@ -660,6 +682,12 @@ def join(tool: Tool, configs: dict, opts: dict) -> None:
     role = "control-plane node" if control_plane else "node"
     tool.say(f"join done as a {role}: files written where kubeadm writes them (stand-in: "
              "nothing joined any cluster)")
+
+
+def token_ids(init_cfg: dict) -> list[str]:
+    """The public halves of the bootstrap tokens (the secret halves are never kept)."""
+    return sorted({str((t or {}).get("token", "")).split(".")[0]
+                   for t in init_cfg.get("bootstrapTokens") or []})
 
 
 def dir_available(tool: Tool, path: str) -> tuple[str, str | None]:
@@ -830,7 +858,6 @@ def init_phase(tool: Tool, args: list[str]) -> None:
             raise Failed("error execution phase upload-certs: certificateKey: Invalid value: "
                          "<redacted>: must be 64 hexadecimal characters (a 32-byte AES key)")
     if phase == "bootstrap-token":
-        tokens = init_cfg.get("bootstrapTokens") or []
         errs = [e for e in validate_init(configs, False, tool.version) if "bootstrapTokens" in e]
         if errs:
             raise Failed("\n".join(errs))
@@ -848,9 +875,10 @@ def init_phase(tool: Tool, args: list[str]) -> None:
             steps[cmd].append(phase)
         if (s.get("failed") or {}).get("init") == phase:
             del s["failed"]["init"]
+            if not s["failed"]:
+                del s["failed"]
         if phase == "bootstrap-token":
-            s["tokens"] = sorted({str(t.get("token", "")).split(".")[0] for t in tokens}
-                                 | set(s.get("tokens") or []))
+            s["tokens"] = sorted(set(token_ids(init_cfg)) | set(s.get("tokens") or []))
         state.save(tool, state.KUBEADM_STATE, s)
     what = {"upload-config": "kubeadm-config and kubelet-config ConfigMaps",
             "upload-certs": "kubeadm-certs Secret", "mark-control-plane": "node labels and taints",
@@ -888,7 +916,8 @@ def kubelet_service(tool: Tool, verb: str) -> None:
     STANDIN_ROOT (tests on the controller) only the unit's stand-in marker changes."""
     if tool.root or not shutil.which("systemctl"):
         state.mark_unit(tool, "kubelet", verb != "stop")
-        tool.say(f"[kubelet-start] not touching the kubelet service here ({verb} skipped)")
+        tool.say(f"[kubelet-start] not touching the kubelet service here ({verb} skipped; "
+                 "under STANDIN_ROOT the stand-in's unit marker follows it)")
         return
     tool.say(f"[kubelet-start] systemctl {verb} kubelet")
     r = subprocess.run(["systemctl", verb, "kubelet"], capture_output=True, text=True)

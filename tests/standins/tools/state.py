@@ -135,11 +135,14 @@ def kubeadm_view(tool: Tool) -> dict:
         etcd_member = stacked and "etcd-join" in join
     else:
         api_up = reachable = registered = etcd_member = False
-    marked = "mark-control-plane" in done or "control-plane-join" in join
+    marked = control_plane and ("mark-control-plane" in done or "control-plane-join" in join)
+    # nodeRegistration.taints: a control plane gets them from mark-control-plane, a worker's
+    # kubelet registers with them
+    taints = (s.get("taints") or []) if (marked or (registered and not control_plane)) else []
     return {"node": s.get("node"), "control_plane": control_plane, "api_up": api_up,
             "reachable": reachable, "registered": registered, "etcd_member": etcd_member,
             "marked": marked, "cluster_info": "bootstrap-token" in done,
-            "addons": "addon" in done, "labels": s.get("labels") or {}}
+            "addons": "addon" in done, "labels": s.get("labels") or {}, "taints": taints}
 
 
 def k3s_view(tool: Tool) -> dict:
@@ -156,7 +159,7 @@ def k3s_view(tool: Tool) -> dict:
     return {"node": s.get("node"), "control_plane": role == "server",
             "api_up": role == "server" and active, "reachable": active,
             "registered": bool(s.get("registered")), "etcd_member": False, "marked": False,
-            "cluster_info": False, "addons": False, "labels": labels}
+            "cluster_info": False, "addons": False, "labels": labels, "taints": []}
 
 
 def node_view(tool: Tool) -> dict:
