@@ -2,7 +2,10 @@
 configs (provisioner.render for inventories/*.yml), each "node" a temporary STANDIN_ROOT.
 
 They must accept what a real kubeadm/kubelet/kubectl/k3s would accept from the provisioner and
-refuse, with the real tools' kind of message, what those would refuse.
+refuse, with the real tools' kind of message, what those would refuse. kubeadm and k3s go
+through their real steps in order; /etc/standin/faults makes one step fail once. There is no
+API server: kubectl answers about the local node only, from the steps the stand-ins recorded
+on it, so these tests prove what one node would report, never that a cluster works.
 """
 
 from __future__ import annotations
@@ -578,3 +581,440 @@ def test_token_renewal_and_upload_certs_need_the_cluster_and_never_log_the_secre
     assert r.returncode == 1 and "64 hexadecimal" in r.stderr
     logged = json.dumps(node.log())
     assert token not in logged and key not in logged
+
+
+# ---------------------------------------------------------------------------------------------
+# Steps, the fault switch and what kubectl answers (the local node only, from stand-in state)
+# ---------------------------------------------------------------------------------------------
+
+ADMIN = ["--kubeconfig", "/etc/kubernetes/admin.conf"]
+KUBELET_CONF = ["--kubeconfig", "/etc/kubernetes/kubelet.conf"]
+M = "/etc/kubernetes/manifests/"
+# the files each step writes (stacked etcd); /run/standin/active/kubelet stands for the unit
+INIT_FILES = {
+    "preflight": [], "certs": [],
+    "kubeconfig": ["/etc/kubernetes/admin.conf", "/etc/kubernetes/super-admin.conf",
+                   "/etc/kubernetes/kubelet.conf", "/etc/kubernetes/controller-manager.conf",
+                   "/etc/kubernetes/scheduler.conf"],
+    "etcd": [M + "etcd.yaml"],
+    "control-plane": [M + "kube-apiserver.yaml", M + "kube-controller-manager.yaml",
+                      M + "kube-scheduler.yaml"],
+    "kubelet-start": ["/var/lib/kubelet/config.yaml", "/var/lib/kubelet/kubeadm-flags.env",
+                      "/run/standin/active/kubelet", "/var/lib/etcd/member/standin-member"],
+    "wait-control-plane": [], "upload-config": [], "upload-certs": [], "mark-control-plane": [],
+    "bootstrap-token": [], "kubelet-finalize": [], "addon": [], "show-join-command": [],
+}
+INIT_ORDER = list(INIT_FILES)
+# the steps `kubeadm init phase ...` can finish, with their arguments
+PHASE_ARGS = {"upload-config": ["all"], "upload-certs": ["--upload-certs"],
+              "mark-control-plane": [], "bootstrap-token": [], "kubelet-finalize": ["all"],
+              "addon": ["all"]}
+JOIN_CP_FILES = {
+    "preflight": [],
+    "control-plane-prepare": ["/etc/kubernetes/admin.conf",
+                              "/etc/kubernetes/controller-manager.conf",
+                              "/etc/kubernetes/scheduler.conf", M + "kube-apiserver.yaml",
+                              M + "kube-controller-manager.yaml", M + "kube-scheduler.yaml"],
+    "kubelet-start": ["/var/lib/kubelet/config.yaml", "/var/lib/kubelet/kubeadm-flags.env",
+                      "/etc/kubernetes/kubelet.conf", "/run/standin/active/kubelet"],
+    "etcd-join": [M + "etcd.yaml", "/var/lib/etcd/member/standin-member"],
+    "kubelet-wait-bootstrap": [], "control-plane-join": [], "wait-control-plane": [],
+}
+JOIN_WORKER_FILES = {"preflight": [], "kubelet-start": JOIN_CP_FILES["kubelet-start"],
+                     "kubelet-wait-bootstrap": []}
+NOT_COMPARED = ("var/log/standin/", "etc/standin/", "run/containerd/",
+                "var/lib/standin/")  # the stand-ins' own bookkeeping
+
+
+def snapshot(node: Node) -> dict[str, str]:
+    """relative path -> sha256 of every regular file under the node's root (the stand-ins' own
+    log, fault file and state left out)."""
+    out = {}
+    for p in node.root.rglob("*"):
+        rel = str(p.relative_to(node.root))
+        if p.is_file() and not p.is_socket() and not rel.startswith(NOT_COMPARED):
+            out[rel] = hashlib.sha256(p.read_bytes()).hexdigest()
+    return out
+
+
+def kstate(node: Node) -> dict:
+    p = node.path("/var/lib/standin/kubeadm-state.json")
+    return json.loads(p.read_text()) if p.exists() else {}
+
+
+SHARED = make_secrets()  # one set for a clean run and the faulted runs compared with it
+
+
+def single_node(nodes, host: str, secrets=None) -> tuple[Node, dict]:
+    cluster = inv.load(str(ROOT / "inventories/single.yml"))
+    rendered = render.render(cluster, secrets or SHARED)
+    node = nodes(host)
+    place(node, rendered, host)
+    return node, rendered
+
+
+def answers(node: Node, name: str, kubeconfig=ADMIN) -> dict[str, object]:
+    """What the kubectl stand-in says about this node: (rc, stdout) per question."""
+    def ask(*args):
+        r = node.run("kubectl", *kubeconfig, *args)
+        for line in r.stderr.splitlines():
+            assert line.startswith("[stand-in kubectl] "), r.stderr
+        return r.returncode, r.stdout
+
+    return {
+        "readyz": ask("get", "--raw", "/readyz"),
+        "node": ask("get", "node", name, "-o", "name"),
+        "labels": ask("get", "node", name, "-o", "jsonpath={.metadata.labels}"),
+        "cluster-info": ask("-n", "kube-public", "get", "configmap", "cluster-info", "-o",
+                            "name"),
+        "addons": ask("-n", "kube-system", "get", "daemonset/kube-proxy", "deployment/coredns",
+                      "-o", "name"),
+        "etcd": ask("-n", "kube-system", "get", "pod", f"etcd-{name}", "-o", "name"),
+    }
+
+
+def expected_init_answers(done: set[str], name: str) -> dict[str, tuple[int, str]]:
+    up = "wait-control-plane" in done
+    labels = {"beta.kubernetes.io/arch": "amd64", "beta.kubernetes.io/os": "linux",
+              "kubernetes.io/arch": "amd64", "kubernetes.io/hostname": name,
+              "kubernetes.io/os": "linux"}
+    if "mark-control-plane" in done:
+        labels.update({"node-role.kubernetes.io/control-plane": "",
+                       "node.kubernetes.io/exclude-from-external-load-balancers": ""})
+    ok = lambda cond, out: (0, out) if cond else (1, "")  # noqa: E731
+    return {"readyz": ok(up, "ok\n"), "node": ok(up, f"node/{name}\n"),
+            "labels": ok(up, json.dumps(labels, sort_keys=True, separators=(",", ":")) + "\n"),
+            "cluster-info": ok(up and "bootstrap-token" in done, "configmap/cluster-info\n"),
+            "addons": ok(up and "addon" in done,
+                         "daemonset.apps/kube-proxy\ndeployment.apps/coredns\n"),
+            "etcd": ok(up, f"pod/etcd-{name}\n")}
+
+
+@pytest.fixture
+def clean_init(nodes):
+    """A node where `kubeadm init` ran through without a fault (single.yml, stacked etcd)."""
+    node, _ = single_node(nodes, "cp1")
+    r = node.run("kubeadm", "init", "--config", INIT, "--upload-certs")
+    assert r.returncode == 0, r.stderr
+    return node, SHARED
+
+
+def test_a_clean_init_records_every_step_in_upstream_order(clean_init):
+    node, _ = clean_init
+    s = kstate(node)
+    assert s["steps"] == {"init": INIT_ORDER}
+    assert (s["node"], s["role"], s["etcd"]) == ("cp1", "control-plane", "stacked")
+    assert "failed" not in s
+    assert answers(node, "cp1") == expected_init_answers(set(INIT_ORDER), "cp1")
+    kubelet = yaml.safe_load(node.path("/etc/kubernetes/kubelet.conf").read_text())
+    assert kubelet["users"][0]["user"]["client-certificate"] == \
+        "/var/lib/kubelet/pki/kubelet-client-current.pem"  # kubelet-finalize ran
+    # the kubelet unit stopped: the API answers no more (the stand-in reads its unit)
+    node.path("/run/standin/active/kubelet").unlink()
+    r = node.run("kubectl", *ADMIN, "get", "--raw", "/readyz")
+    assert r.returncode == 1 and "The connection to the server" in r.stderr \
+        and "was refused" in r.stderr and "stand-in" in r.stderr
+    r = node.run("kubectl", *ADMIN, "--server", "https://10.0.0.1:6443", "get", "--raw",
+                 "/readyz")
+    assert r.returncode == 1 and "The connection to the server 10.0.0.1:6443 was refused" \
+        in r.stderr
+
+
+def test_init_without_upload_certs_skips_that_step(nodes):
+    node, _ = single_node(nodes, "cp1")
+    r = node.run("kubeadm", "init", "--config", INIT)
+    assert r.returncode == 0, r.stderr
+    assert "upload-certs" not in kstate(node)["steps"]["init"]
+    assert "[upload-certs] Skipping phase" in r.stdout
+
+
+@pytest.mark.parametrize("step", INIT_ORDER)
+def test_init_fault_at_each_step_and_how_a_rerun_finishes_it(step, nodes, clean_init):
+    clean, _ = clean_init
+    node, _ = single_node(nodes, "cp1")
+    before = snapshot(node)
+    node.put("/etc/standin/faults", f"kubeadm init {step}\nk3s agent kubelet\n")
+    r = node.run("kubeadm", "init", "--config", INIT, "--upload-certs")
+    assert r.returncode == 1
+    assert f"error execution phase {step}: " in r.stderr and "(stand-in fault switch" in r.stderr
+    assert_prefixed(r.stderr, "kubeadm")
+    # the fault fired once: its line is gone, the others stay
+    assert node.path("/etc/standin/faults").read_text() == "k3s agent kubelet\n"
+    assert node.log()[-1]["result"].startswith(f"error: error execution phase {step}: ")
+    i = INIT_ORDER.index(step)
+    earlier = INIT_ORDER[:i]
+    written = set(snapshot(node)) - set(before)
+    assert written == {p.lstrip("/") for s in earlier for p in INIT_FILES[s]}
+    s = kstate(node)
+    assert s.get("steps", {}).get("init", []) == earlier
+    if earlier:
+        assert s["failed"] == {"init": step}
+    assert answers(node, "cp1") == expected_init_answers(set(earlier), "cp1")
+
+    if i <= INIT_ORDER.index("wait-control-plane"):
+        # no API: the rerun needs a reset first once static pod manifests are left behind
+        # (existing kubeconfig files alone are reused, as kubeadm does)
+        if any(p.startswith("etc/kubernetes/manifests/") for p in written):
+            r = node.run("kubeadm", "init", "--config", INIT, "--upload-certs")
+            assert r.returncode == 1 and "error execution phase preflight" in r.stderr
+            assert kstate(node) == s  # a refused rerun leaves the state alone
+        assert node.run("kubeadm", "reset", "-f").returncode == 0
+        assert not node.path("/var/lib/standin/kubeadm-state.json").exists()
+        r = node.run("kubeadm", "init", "--config", INIT, "--upload-certs")
+        assert r.returncode == 0, r.stderr
+        assert kstate(node) == kstate(clean)
+    else:
+        # the API answers: the init phase subcommands finish it
+        for phase in [p for p in INIT_ORDER[i:] if p in PHASE_ARGS]:
+            r = node.run("kubeadm", "init", "phase", phase, *PHASE_ARGS[phase], "--config", INIT)
+            assert r.returncode == 0, (phase, r.stderr)
+            again = node.run("kubeadm", "init", "phase", phase, *PHASE_ARGS[phase], "--config",
+                             INIT)
+            assert again.returncode == 0, (phase, again.stderr)  # idempotent
+        # show-join-command only prints: nothing finishes it, nothing needs to
+        want = kstate(clean)
+        want["steps"]["init"] = [x for x in want["steps"]["init"] if x != "show-join-command"]
+        got = kstate(node)
+        if got.get("failed") == {"init": "show-join-command"}:
+            del got["failed"]
+        assert got == want
+    assert snapshot(node) == snapshot(clean)
+    assert answers(node, "cp1") == answers(clean, "cp1") == \
+        expected_init_answers(set(INIT_ORDER), "cp1")
+
+
+def test_init_phase_subcommands_need_the_api_and_check_like_kubeadm(nodes):
+    node, _ = single_node(nodes, "cp1")
+    r = node.run("kubeadm", "init", "phase", "addon", "all", "--config", INIT)
+    assert r.returncode == 1 and "failed to load admin kubeconfig" in r.stderr
+    node.put("/etc/standin/faults", "kubeadm init wait-control-plane\n")
+    assert node.run("kubeadm", "init", "--config", INIT, "--upload-certs").returncode == 1
+    r = node.run("kubeadm", "init", "phase", "addon", "all", "--config", INIT)
+    assert r.returncode == 1 and "connection refused" in r.stderr  # the API never came up
+    node.run("kubeadm", "reset", "-f")
+    node.put("/etc/standin/faults", "kubeadm init upload-config\nkubeadm init addon\n")
+    assert node.run("kubeadm", "init", "--config", INIT, "--upload-certs").returncode == 1
+    r = node.run("kubeadm", "init", "phase", "nonsense", "--config", INIT)
+    assert r.returncode == 1 and 'unknown command "nonsense" for "kubeadm init phase"' in r.stderr
+    r = node.run("kubeadm", "init", "phase", "addon", "--config", INIT)
+    assert r.returncode == 1 and "needs a sub-phase" in r.stderr
+    r = node.run("kubeadm", "init", "phase", "addon", "all", "--config", INIT)
+    assert r.returncode == 1 and "error execution phase addon: planned failure" in r.stderr
+    assert node.run("kubeadm", "init", "phase", "addon", "all", "--config", INIT).returncode == 0
+    r = node.run("kubeadm", "init", "phase", "upload-certs", "--config", INIT)
+    assert r.returncode == 0 and "Skipping phase" in r.stdout
+    docs = list(yaml.safe_load_all(node.path(INIT).read_text()))
+    key = docs[0].pop("certificateKey")
+    node.put("/tmp/no-key.yaml", yaml.safe_dump_all(docs), 0o600)
+    r = node.run("kubeadm", "init", "phase", "upload-certs", "--upload-certs", "--config",
+                 "/tmp/no-key.yaml")
+    assert r.returncode == 1 and "certificateKey: Required value" in r.stderr
+    docs[0]["certificateKey"] = "0123"
+    node.put("/tmp/bad-key.yaml", yaml.safe_dump_all(docs), 0o600)
+    r = node.run("kubeadm", "init", "phase", "upload-certs", "--upload-certs", "--config",
+                 "/tmp/bad-key.yaml")
+    assert r.returncode == 1 and "certificateKey: Invalid value: <redacted>" in r.stderr
+    assert "upload-certs" not in kstate(node)["steps"]["init"]
+    r = node.run("kubeadm", "init", "phase", "upload-certs", "--upload-certs", "--config", INIT)
+    assert r.returncode == 0, r.stderr
+    assert "upload-certs" in kstate(node)["steps"]["init"]
+    assert key not in json.dumps(node.log()) + node.path(
+        "/var/lib/standin/kubeadm-state.json").read_text()
+
+
+@pytest.fixture
+def clean_joins(nodes):
+    """cp2 (control plane, stacked etcd) and w1 after a join without a fault (single.yml has
+    one control plane: cp2's join config comes from ha-kubevip.yml, also stacked)."""
+    out = {}
+    for host, inventory in (("cp2", "ha-kubevip.yml"), ("w1", "single.yml")):
+        node = join_node(nodes, host, inventory)
+        r = node.run("kubeadm", "join", "--config", JOIN)
+        assert r.returncode == 0, r.stderr
+        out[host] = node
+    return out
+
+
+def join_node(nodes, host: str, inventory: str) -> Node:
+    cluster = inv.load(str(ROOT / "inventories" / inventory))
+    node = nodes(host)
+    place(node, render.render(cluster, SHARED), host)
+    if host.startswith("cp"):
+        node.put("/etc/kubernetes/pki/ca.crt", CA)
+    return node
+
+
+JOIN_CASES = [("cp2", "ha-kubevip.yml", s) for s in JOIN_CP_FILES] + \
+             [("w1", "single.yml", s) for s in JOIN_WORKER_FILES]
+
+
+@pytest.mark.parametrize("host,inventory,step", JOIN_CASES)
+def test_join_fault_at_each_step_then_reset_and_rejoin(host, inventory, step, nodes,
+                                                       clean_joins):
+    files = JOIN_CP_FILES if host == "cp2" else JOIN_WORKER_FILES
+    order = list(files)
+    node = join_node(nodes, host, inventory)
+    before = snapshot(node)
+    node.put("/etc/standin/faults", f"kubeadm join {step}\n")
+    r = node.run("kubeadm", "join", "--config", JOIN)
+    assert r.returncode == 1
+    shown = "control-plane-join/mark-control-plane" if step == "control-plane-join" else step
+    assert f"error execution phase {shown}: planned failure" in r.stderr
+    assert node.path("/etc/standin/faults").read_text() == ""
+    earlier = order[:order.index(step)]
+    assert set(snapshot(node)) - set(before) == \
+        {p.lstrip("/") for s in earlier for p in files[s]}
+    assert kstate(node).get("steps", {}).get("join", []) == earlier
+    done = set(earlier)
+    cp = host == "cp2"
+    kubeconfig = ADMIN if cp else KUBELET_CONF
+    got = answers(node, host, kubeconfig)
+    # its own API serves once the kubelet runs the static pods and the etcd member joined,
+    # unless the join failed waiting for it
+    api = cp and {"kubelet-start", "etcd-join"} <= done and step != "wait-control-plane"
+    assert got["readyz"][0] == (0 if api else 1)
+    assert got["node"] == ((0, f"node/{host}\n") if "kubelet-start" in done else (1, ""))
+    assert got["etcd"][0] == (0 if "etcd-join" in done else 1)
+    if got["labels"][0] == 0:
+        assert ('"node-role.kubernetes.io/control-plane":""' in got["labels"][1]) == \
+            ("control-plane-join" in done)
+    assert got["cluster-info"][0] == got["addons"][0] == 1  # the init node's, not this one's
+    assert node.run("kubeadm", "reset", "-f").returncode == 0
+    r = node.run("kubeadm", "join", "--config", JOIN)
+    assert r.returncode == 0, r.stderr
+    clean = clean_joins[host]
+    assert kstate(node) == kstate(clean)
+    assert snapshot(node) == snapshot(clean)
+    assert answers(node, host, kubeconfig) == answers(clean, host, kubeconfig)
+
+
+def test_joined_nodes_answer_about_themselves_only(clean_joins):
+    cp2, w1 = clean_joins["cp2"], clean_joins["w1"]
+    assert kstate(cp2)["steps"]["join"] == list(JOIN_CP_FILES)
+    assert kstate(w1)["steps"]["join"] == list(JOIN_WORKER_FILES)
+    assert cp2.run("kubectl", *ADMIN, "get", "--raw", "/readyz").stdout == "ok\n"
+    assert cp2.run("kubectl", *ADMIN, "-n", "kube-system", "get", "pod", "etcd-cp2", "-o",
+                   "name").stdout == "pod/etcd-cp2\n"
+    r = w1.run("kubectl", *KUBELET_CONF, "get", "node", "w1", "--output=name")
+    assert (r.returncode, r.stdout) == (0, "node/w1\n")
+    r = w1.run("kubectl", *KUBELET_CONF, "get", "node", "cp1", "-o", "name")
+    assert r.returncode == 1 and 'Error from server (NotFound): nodes "cp1" not found' in r.stderr
+    r = w1.run("kubectl", *ADMIN, "get", "node", "w1", "-o", "name")
+    assert r.returncode == 1 and "stat /etc/kubernetes/admin.conf" in r.stderr
+    r = w1.run("kubectl", *KUBELET_CONF, "get", "--raw", "/readyz")
+    assert r.returncode == 1 and "was refused" in r.stderr  # a worker serves no API
+    r = w1.run("kubectl", *KUBELET_CONF, "get", "pods", "-A")
+    assert r.returncode == 1 and "stand-in: no API server" in r.stderr
+    # a full join on leftovers still fails kubeadm's preflight
+    r = cp2.run("kubeadm", "join", "--config", JOIN)
+    assert r.returncode == 1 and "[ERROR FileAvailable--etc-kubernetes-kubelet.conf]" in r.stderr
+    assert "[ERROR DirAvailable--var-lib-etcd]: /var/lib/etcd is not empty" in r.stderr
+
+
+def test_external_etcd_join_has_no_etcd_join_step(nodes, lab_cluster):
+    node = join_node(nodes, "cp2", "lab.yml")
+    node.put("/etc/kubernetes/pki/apiserver-etcd-client.key", "placed by the pki phase\n")
+    assert node.run("kubeadm", "join", "--config", JOIN).returncode == 0
+    s = kstate(node)
+    assert s["etcd"] == "external" and "etcd-join" not in s["steps"]["join"]
+    assert not node.path("/etc/kubernetes/manifests/etcd.yaml").exists()
+    assert node.run("kubectl", *ADMIN, "get", "--raw", "/readyz").stdout == "ok\n"
+
+
+LABEL_TAINT_ERRORS = [
+    (["label", "node", "cp1", "Bad Key=x"], "error: invalid label spec: Bad Key=x"),
+    (["label", "node", "cp1", "k=-bad"], "error: invalid label spec: k=-bad"),
+    (["label", "node", "cp1", "a" * 64 + "=v"], "name part must consist"),
+    (["label", "node", "cp1", "Example.com/k=v"], "prefix part must be a lowercase"),
+    (["label", "node", "cp1", "justakey"], "all resources must be specified before label"),
+    (["label", "node", "cp1"], "at least one label update is required"),
+    (["label", "node", "cp1", "k=v", "--force"], "unknown flag: --force"),
+    (["taint", "node", "cp1", "k=v:NoWay"], "invalid taint effect: NoWay, unsupported"),
+    (["taint", "node", "cp1", "k=v"], "error: invalid taint spec: k=v"),
+    (["taint", "node", "cp1", "k=v:NoSchedule-"], "error: invalid taint spec: k=v:NoSchedule-"),
+    (["taint", "node", "cp1", "bad key:NoSchedule"], "error: invalid taint spec: bad key"),
+    (["taint", "node", "cp1", "gone:NoExecute-"], 'error: taint "gone:NoExecute" not found'),
+]
+
+
+@pytest.mark.parametrize("args,message", LABEL_TAINT_ERRORS)
+def test_kubectl_label_and_taint_syntax_errors(args, message, clean_init):
+    node, _ = clean_init
+    r = node.run("kubectl", *ADMIN, *args)
+    assert r.returncode == 1 and message in r.stderr, r.stderr
+    assert_prefixed(r.stderr, "kubectl")
+    assert not node.path("/var/lib/standin/kubectl-records.json").exists()
+
+
+def test_kubectl_label_and_taint_are_recorded_for_the_named_node(clean_init):
+    node, _ = clean_init
+    r = node.run("kubectl", *ADMIN, "label", "node", "cp1", "tier=front",
+                 "example.com/zone=a", "--overwrite")
+    assert r.returncode == 0 and "node/cp1 labeled (recorded by the stand-in" in r.stdout
+    labels = json.loads(node.run("kubectl", *ADMIN, "get", "node", "cp1", "-o",
+                                 "jsonpath={.metadata.labels}").stdout)
+    assert labels["tier"] == "front" and labels["example.com/zone"] == "a"
+    assert labels["node-role.kubernetes.io/control-plane"] == ""
+    r = node.run("kubectl", *ADMIN, "label", "node", "cp1", "tier=back")
+    assert r.returncode == 1 and "'tier' already has a value (front), and --overwrite is false" \
+        in r.stderr
+    assert node.run("kubectl", *ADMIN, "label", "node/cp1", "tier-").returncode == 0
+    labels = json.loads(node.run("kubectl", *ADMIN, "get", "node", "cp1", "-o",
+                                 "jsonpath={.metadata.labels}").stdout)
+    assert "tier" not in labels
+    # any name: the stand-in cannot know the cluster's other nodes, and says it recorded it
+    r = node.run("kubectl", *ADMIN, "taint", "node", "w1", "dedicated=db:NoSchedule",
+                 "--overwrite")
+    assert r.returncode == 0 and "node/w1 tainted (recorded by the stand-in" in r.stdout
+    r = node.run("kubectl", *ADMIN, "taint", "node", "cp1",
+                 "node-role.kubernetes.io/control-plane:NoSchedule-")
+    assert r.returncode == 0 and "node/cp1 untainted" in r.stdout
+    records = json.loads(node.path("/var/lib/standin/kubectl-records.json").read_text())
+    assert records["w1"]["taints"] == [{"key": "dedicated", "value": "db",
+                                        "effect": "NoSchedule"}]
+    assert records["cp1"]["taints"] == []
+    node.run("kubeadm", "reset", "-f")  # forgets them with the rest of the node's state
+    assert not node.path("/var/lib/standin/kubectl-records.json").exists()
+
+
+K3S_SERVER_STEPS = ["node-token", "etcd", "kubeconfig", "kubelet", "node-registration"]
+K3S_JOIN_SERVER_STEPS = ["node-token", "etcd-join", "kubeconfig", "kubelet", "node-registration"]
+K3S_AGENT_STEPS = ["load-balancer", "tunnel", "kubelet", "node-registration"]
+K3S_CASES = [("s1", "server", s) for s in K3S_SERVER_STEPS] + \
+            [("s2", "server", s) for s in K3S_JOIN_SERVER_STEPS] + \
+            [("a1", "agent", s) for s in K3S_AGENT_STEPS]
+
+
+@pytest.mark.parametrize("host,role,step", K3S_CASES)
+def test_k3s_fault_fails_once_and_the_restart_registers(host, role, step, nodes, k3s_cluster,
+                                                        k3s_bundle):
+    node = nodes(host, bundle=k3s_bundle)
+    place(node, render.render(k3s_cluster, make_secrets()), host)
+    node.put("/etc/standin/faults", f"k3s {role} {step}\n")
+    r = node.run("k3s", role)
+    assert r.returncode == 1 and f'msg="{step}: planned failure (stand-in fault switch' in r.stderr
+    assert node.path("/etc/standin/faults").read_text() == ""
+    s = json.loads(node.path("/var/lib/rancher/k3s/standin/k3s-state.json").read_text())
+    steps = {"s1": K3S_SERVER_STEPS, "s2": K3S_JOIN_SERVER_STEPS, "a1": K3S_AGENT_STEPS}[host]
+    assert s["steps"] == steps[:steps.index(step)] and s["failed"] == step
+    assert s["registered"] is False
+    kubeconfig = [] if role == "server" else [
+        "--kubeconfig", "/var/lib/rancher/k3s/agent/kubelet.kubeconfig"]
+    node.put("/var/lib/rancher/k3s/agent/kubelet.kubeconfig", "apiVersion: v1\n", 0o600)
+    node.put("/etc/rancher/k3s/k3s.yaml", "apiVersion: v1\n", 0o600)
+    r = node.run("k3s", "kubectl", *kubeconfig, "get", "node", host, "-o", "name")
+    assert r.returncode == 1 and "was refused" in r.stderr  # the unit is not active
+    proc, message = run_until_ready(node, role)  # what systemd's Restart= does
+    try:
+        assert message.startswith(b"READY=1")
+        r = node.run("k3s", "kubectl", *kubeconfig, "get", "node", host, "-o", "name")
+        assert (r.returncode, r.stdout) == (0, f"node/{host}\n"), r.stderr
+        r = node.run("k3s", "kubectl", *kubeconfig, "get", "node", "other", "-o", "name")
+        assert r.returncode == 1 and 'nodes "other" not found' in r.stderr
+    finally:
+        proc.terminate()
+        proc.communicate(timeout=10)
+    s = json.loads(node.path("/var/lib/rancher/k3s/standin/k3s-state.json").read_text())
+    assert s["steps"] == steps and s["registered"] is True and "failed" not in s
+    r = node.run("k3s", "kubectl", *kubeconfig, "get", "node", host, "-o", "name")
+    assert r.returncode == 1 and "was refused" in r.stderr  # stopped: nothing answers

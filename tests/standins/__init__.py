@@ -3,8 +3,11 @@
 The real Kubernetes binaries cannot be downloaded on the machines these tests run on. The
 stand-ins (tools/) check what the provisioner hands them as strictly as the real tools decode
 it, record every call, and write the files the real tools write, so that tests can prove phase
-order, secret passing, join order and idempotency guards over real SSH. They never run a
-Kubernetes component and every line they print says "stand-in". Never ship them to users.
+order, secret passing, join order and idempotency guards over real SSH. kubeadm and k3s go
+through their real steps in upstream order and record them on the node; a test-only fault
+switch (/etc/standin/faults) makes one step fail once; kubectl answers a few questions about
+the local node only from that record (tools/state.py). They never run a Kubernetes component
+and every free-text line they print says "stand-in". Never ship them to users.
 
 `make_standin_bundle(dest, cluster)` lays them out exactly like `invoke bundle.fetch` does
 (`<dest>/<distribution>-<version>-linux-amd64/` with SHA256SUMS), so `cluster.up --bundle DEST`

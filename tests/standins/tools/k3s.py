@@ -7,15 +7,22 @@ k3s-flags.yaml) with its type, check that a joining server or an agent has a ser
 token, record the call in /var/log/standin/k3s.jsonl (token values as sha256), write the files
 k3s writes so that the provisioner's guards see them (no secret in them), tell systemd it is
 ready (the unit is Type=notify) and sleep until stopped.
+
+They go through k3s' start-up steps in order (steps_for), keeping them and whether the node
+registered in /var/lib/rancher/k3s/standin/k3s-state.json. A line `k3s server STEP` or
+`k3s agent STEP` in /etc/standin/faults makes that step fail once: the process exits 1 (before
+telling systemd it is ready) and systemd's Restart= starts it again, as with real k3s.
+`k3s kubectl` answers from that state, about this node only (see kubectl.py).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import socket
 
-from . import Failed, Tool, data_text, kubectl
+from . import Failed, Tool, data_text, kubectl, state
 from .kubelet import sleep_until_stopped, stop_on_sigterm
 
 CONFIG = "/etc/rancher/k3s/config.yaml"
@@ -48,15 +55,75 @@ def main(tool: Tool, argv: list[str]) -> int:
     try:
         config = settings(tool, role, argv[1:])
         check(tool, role, config)
-        write_files(tool, role, config)
+        run_steps(tool, role, config)
     except Failed as e:
         tool.record(argv, "error: " + str(e).splitlines()[0], role=role, config=config)
         raise
     tool.record(argv, "running", role=role, config=config)
     tool.say(f"{role}: config is valid; sleeping (stand-in: no Kubernetes is running)")
-    notify_ready()
-    sleep_until_stopped()
+    unit = UNITS[role]
+    state.mark_unit(tool, unit, True)
+    try:
+        notify_ready()
+        sleep_until_stopped()
+    finally:
+        state.mark_unit(tool, unit, False)
     return 0
+
+
+UNITS = {"server": "k3s", "agent": "k3s-agent"}
+LB_FILE = "/var/lib/rancher/k3s/agent/etc/k3s-agent-load-balancer.json"
+
+
+def steps_for(role: str, c: dict) -> list[str]:
+    """What k3s does in order when it starts (a restart does it all again). A server writes its
+    token files early, starts (cluster-init) or joins (server: URL) the embedded etcd, writes
+    its admin kubeconfig once its API is up, then starts its own agent: kubelet, registration.
+    An agent starts its client load balancer and the websocket tunnel to the server, then the
+    kubelet, which registers the node."""
+    if role == "agent":
+        return ["load-balancer", "tunnel", "kubelet", "node-registration"]
+    etcd = ["etcd-join"] if c.get("server") else ["etcd"] if c.get("cluster-init") else []
+    return ["node-token", *etcd, "kubeconfig", "kubelet", "node-registration"]
+
+
+def run_steps(tool: Tool, role: str, c: dict) -> None:
+    name = str(c.get("node-name") or state.hostname())
+    old = state.load(tool, state.K3S_STATE)
+    same = old.get("node") == name and old.get("role") == role
+    s = {"tool": "stand-in k3s (TEST-ONLY)", "node": name, "role": role,
+         "etcd": role == "server" and bool(c.get("server") or c.get("cluster-init")),
+         "steps": [], "registered": bool(same and old.get("registered"))}
+    port = c.get("https-listen-port", 6443)
+    actions = {
+        "node-token": lambda: put(tool, NODE_TOKEN, f"# {MARK}\n# k3s keeps the join token "
+                                  "here; the stand-in does not.\n"),
+        "kubeconfig": lambda: put(tool, str(c.get("write-kubeconfig") or ADMIN_KUBECONFIG),
+                                  kubeconfig(f"https://127.0.0.1:{port}", "default")),
+        "load-balancer": lambda: put(tool, LB_FILE, json.dumps(
+            {"ServerURL": str(c.get("server")), "ServerAddresses": [],
+             "stand-in": MARK}, indent=1) + "\n"),
+        # the kubelet talks to the API through the local client load balancer (6444)
+        "kubelet": lambda: put(tool, AGENT_KUBECONFIG, kubeconfig("https://127.0.0.1:6444",
+                                                                  "system:node")),
+        "node-registration": lambda: s.update(registered=True),
+    }
+    for step in steps_for(role, c):
+        line = state.take_fault(tool, f"k3s {role}", (step,))
+        if line:
+            s["failed"] = step
+            state.save(tool, state.K3S_STATE, s)
+            raise Failed(f'level=fatal msg="{step}: planned failure (stand-in fault switch: line '
+                         f'{line!r} removed from {state.FAULTS}; systemd restarts k3s)"')
+        actions.get(step, lambda: None)()
+        s["steps"].append(step)
+        state.save(tool, state.K3S_STATE, s)
+
+
+def put(tool: Tool, path: str, text: str) -> None:
+    p = tool.path(path)
+    if not p.exists() or p.read_text() != text:
+        tool.write(path, text, 0o600)
 
 
 def flags_for(role: str) -> dict[str, str]:
@@ -160,19 +227,6 @@ def check(tool: Tool, role: str, c: dict) -> None:
     if role == "server" and c.get("server") and c.get("cluster-init"):
         raise Failed("level=fatal msg=\"--cluster-init and --server: the stand-in expects only "
                      "the first server to run cluster-init\"")
-
-
-def write_files(tool: Tool, role: str, c: dict) -> None:
-    port = c.get("https-listen-port", 6443)
-    files = {AGENT_KUBECONFIG: kubeconfig(f"https://127.0.0.1:{port}", "system:node")}
-    if role == "server":
-        files[NODE_TOKEN] = f"# {MARK}\n# k3s keeps the join token here; the stand-in does not.\n"
-        files[str(c.get("write-kubeconfig") or ADMIN_KUBECONFIG)] = kubeconfig(
-            f"https://127.0.0.1:{port}", "default")
-    for path, text in files.items():
-        p = tool.path(path)
-        if not p.exists() or p.read_text() != text:
-            tool.write(path, text, 0o600)
 
 
 def kubeconfig(server: str, user: str) -> str:

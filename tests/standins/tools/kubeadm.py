@@ -1,11 +1,16 @@
-"""TEST-ONLY stand-in for kubeadm: init, join, reset, version. It runs no control plane.
+"""TEST-ONLY stand-in for kubeadm: init, join, init phase, reset, token, version. It runs no
+control plane.
 
 It decodes --config strictly against the upstream kubeadm.k8s.io/v1beta4 field tree, validates
 what the provisioner must supply (bootstrap token, certificate key, discovery), runs a few of
-kubeadm's own preflight checks, refuses to init or join twice like kubeadm does, and on success
-writes the files kubeadm would (kubeconfigs, static pod manifests, kubelet config) marked as
-stand-in, so that the provisioner's idempotency guards see them. Every call is recorded in
-/var/log/standin/kubeadm.jsonl with secrets replaced by their sha256.
+kubeadm's own preflight checks, refuses to init or join twice like kubeadm does, and goes
+through kubeadm's phases in upstream order (v1.32), each writing the files the real phase writes
+(kubeconfigs, static pod manifests, kubelet config) marked as stand-in. The steps done are kept
+in /var/lib/standin/kubeadm-state.json (see state.py), which is what the kubectl stand-in
+answers from, about this node only. /etc/standin/faults makes a step fail once, leaving the
+files of the earlier steps, like a real failure. `init phase NAME --config F` finishes the
+steps after wait-control-plane (or renews join secrets) when this node's API answers. Every
+call is recorded in /var/log/standin/kubeadm.jsonl with secrets replaced by their sha256.
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ import stat
 import subprocess
 
 from . import Failed, Tool, data_text, hashed, load_yaml_docs
-from . import schema
+from . import schema, state
 
 GROUP = "kubeadm.k8s.io"
 API = f"{GROUP}/v1beta4"
@@ -50,7 +55,7 @@ def main(tool: Tool, argv: list[str]) -> int:
         return 0
     if cmd == "token" or (cmd == "init" and rest[:1] == ["phase"]):
         try:
-            (token if cmd == "token" else upload_certs)(tool, rest)
+            (token if cmd == "token" else init_phase)(tool, rest)
         except Failed as e:
             tool.record(hide_positional(argv), "error: " + str(e).splitlines()[0])
             raise
@@ -479,8 +484,23 @@ def external_etcd_files(tool: Tool, cluster: dict) -> list[tuple[str, str | None
 
 
 # ---------------------------------------------------------------------------------------------
-# init / join / reset
+# init / join: kubeadm's phases in upstream order (v1.32), one step at a time
 # ---------------------------------------------------------------------------------------------
+
+INIT_STEPS = ("preflight", "certs", "kubeconfig", "etcd", "control-plane", "kubelet-start",
+              "wait-control-plane", "upload-config", "upload-certs", "mark-control-plane",
+              "bootstrap-token", "kubelet-finalize", "addon", "show-join-command")
+# kubelet-wait-bootstrap is hidden upstream and only waits when the ControlPlaneKubeletLocalMode
+# gate is on; without it, kubelet-start itself waits for the TLS bootstrap (kubelet.conf).
+JOIN_STEPS = ("preflight", "control-plane-prepare", "kubelet-start", "etcd-join",
+              "kubelet-wait-bootstrap", "control-plane-join", "wait-control-plane")
+# what kubeadm prints for a phase whose work is done by a sub-phase
+SHOWN = {("join", "control-plane-join"): "control-plane-join/mark-control-plane"}
+# names a fault line may use for a step besides its own
+ALIASES = {("join", "control-plane-join"): ("mark-control-plane",
+                                            "control-plane-join/mark-control-plane")}
+KUBELET_CLIENT = "/var/lib/kubelet/pki/kubelet-client-current.pem"
+ETCD_MEMBER = "/var/lib/etcd/member/standin-member"
 
 
 def control_plane_manifests(local_etcd: bool) -> list[str]:
@@ -488,33 +508,113 @@ def control_plane_manifests(local_etcd: bool) -> list[str]:
     return names + (["etcd"] if local_etcd else [])
 
 
+def node_name(node_reg: dict) -> str:
+    return str(node_reg.get("name") or state.hostname())
+
+
+CONTROL_PLANE_TAINT = {"key": "node-role.kubernetes.io/control-plane", "value": "",
+                       "effect": "NoSchedule"}
+
+
+def registration(node_reg: dict, control_plane: bool) -> dict:
+    """The labels (kubelet --node-labels) and taints the node registers with / is marked with."""
+    labels = {}
+    for a in node_reg.get("kubeletExtraArgs") or []:
+        if isinstance(a, dict) and a.get("name") == "node-labels":
+            for pair in str(a.get("value", "")).split(","):
+                k, _, v = pair.partition("=")
+                if k:
+                    labels[k] = v
+    if "taints" in node_reg:
+        taints = [{"key": t.get("key"), "value": t.get("value", ""), "effect": t.get("effect")}
+                  for t in node_reg.get("taints") or [] if isinstance(t, dict)]
+    else:
+        taints = [CONTROL_PLANE_TAINT] if control_plane else []
+    return {"labels": labels, "taints": taints}
+
+
+def run_steps(tool: Tool, cmd: str, steps: list[tuple[str, object]], opts: dict,
+              fresh: dict) -> None:
+    """Run (name, action) in order, honouring --skip-phases and the fault switch. The state
+    file is written anew once preflight passed (a refused init/join leaves the last one)."""
+    s: dict | None = None
+    for name, action in steps:
+        shown = SHOWN.get((cmd, name), name)
+        if name in opts["skip"] or shown in opts["skip"]:
+            tool.say(f"[{name}] skipped (--skip-phases)")
+            continue
+        line = state.take_fault(tool, f"kubeadm {cmd}", (name,) + ALIASES.get((cmd, name), ()))
+        if line:
+            if s is not None:
+                s.setdefault("failed", {})[cmd] = name
+                state.save(tool, state.KUBEADM_STATE, s)
+            raise Failed(f"error execution phase {shown}: planned failure (stand-in fault "
+                         f"switch: line {line!r} removed from {state.FAULTS}; files of the "
+                         "earlier phases stay in place)")
+        action()
+        if s is None:
+            s = fresh
+        s["steps"].setdefault(cmd, []).append(name)
+        state.save(tool, state.KUBEADM_STATE, s)
+
+
 def init(tool: Tool, configs: dict, opts: dict) -> None:
-    errs = validate_init(configs, "--upload-certs" in opts["flags"], tool.version)
+    upload = "--upload-certs" in opts["flags"]
+    errs = validate_init(configs, upload, tool.version)
     if errs:
         raise Failed("\n".join(errs))
     init_cfg, cluster = configs["InitConfiguration"], configs.get("ClusterConfiguration", {})
     local_etcd = "external" not in (cluster.get("etcd") or {})
     node_reg = init_cfg.get("nodeRegistration") or {}
-    checks = [file_available(tool, f"{MANIFESTS}/{m}.yaml")
-              for m in control_plane_manifests(local_etcd)]
-    checks += [cri_check(tool, node_reg), ip_forward(tool), kubelet_present(tool)]
-    checks += external_etcd_files(tool, cluster)
-    preflight(tool, opts, node_reg, checks)
-    if "--dry-run" in opts["flags"]:
-        tool.say("dry run: nothing written")
-        return
     ep = init_cfg.get("localAPIEndpoint") or {}
     port = ep.get("bindPort", 6443)
     server = endpoint_url(cluster.get("controlPlaneEndpoint"), port) or \
         f"https://{ep.get('advertiseAddress', '127.0.0.1')}:{port}"
-    name = cluster.get("clusterName", "kubernetes")
-    written = write_node_files(tool, configs, node_reg, server, name, control_plane=True,
-                               local_etcd=local_etcd)
-    remember(tool, written)
-    kubelet_service(tool, "restart")
+    cname = cluster.get("clusterName", "kubernetes")
+    name = node_name(node_reg)
+
+    def do_preflight():
+        checks = [file_available(tool, f"{MANIFESTS}/{m}.yaml")
+                  for m in control_plane_manifests(local_etcd)]
+        if local_etcd:
+            checks.append(dir_available(tool, "/var/lib/etcd"))
+        checks += [cri_check(tool, node_reg), ip_forward(tool), kubelet_present(tool)]
+        checks += external_etcd_files(tool, cluster)
+        preflight(tool, opts, node_reg, checks)
+
+    if "--dry-run" in opts["flags"]:
+        do_preflight()
+        tool.say("dry run: nothing written")
+        return
+    fresh = {"tool": "stand-in kubeadm (TEST-ONLY)", "node": name, "role": "control-plane",
+             "etcd": "stacked" if local_etcd else "external", "steps": {},
+             **registration(node_reg, True)}
+    steps = [
+        ("preflight", do_preflight),
+        ("certs", lambda: tool.say("[certs] stand-in: no certificate generated (the CA the "
+                                   "provisioner placed is used as it is)")),
+        ("kubeconfig", lambda: write_files(tool, kubeconfig_files(
+            tool, server, cname, init=True, name=name))),
+        ("etcd", lambda: write_files(tool, manifest_files(["etcd"] if local_etcd else []))),
+        ("control-plane", lambda: write_files(tool, manifest_files(
+            control_plane_manifests(False)))),
+        ("kubelet-start", lambda: kubelet_start(tool, configs, node_reg, None, local_etcd)),
+        ("wait-control-plane", lambda: tool.say(
+            "[wait-control-plane] stand-in: nothing to wait for (no control plane runs)")),
+        ("upload-config", lambda: None),
+        ("upload-certs", (lambda: None) if upload else None),
+        ("mark-control-plane", lambda: None),
+        ("bootstrap-token", lambda: fresh.update(tokens=token_ids(init_cfg))),
+        ("kubelet-finalize", lambda: kubelet_finalize(tool)),
+        ("addon", lambda: None),
+        ("show-join-command", lambda: tool.say(
+            "join with the bootstrap token and certificate key from the config (not printed)")),
+    ]
+    if not upload:
+        tool.say("[upload-certs] Skipping phase. Please see --upload-certs")
+    run_steps(tool, "init", [(n, a) for n, a in steps if a is not None], opts, fresh)
     tool.say("init done: files written where kubeadm writes them (stand-in: NO control plane "
              "is running; this is not a working cluster)")
-    tool.say("join with the bootstrap token and certificate key from the config (not printed)")
 
 
 def join(tool: Tool, configs: dict, opts: dict) -> None:
@@ -529,30 +629,264 @@ def join(tool: Tool, configs: dict, opts: dict) -> None:
     if pin_problem:
         raise Failed(pin_problem)
     node_reg = join_cfg.get("nodeRegistration") or {}
-    checks = [file_available(tool, "/etc/kubernetes/kubelet.conf"),
-              file_available(tool, "/etc/kubernetes/bootstrap-kubelet.conf")]
-    if not control_plane:  # a control plane may have its CA placed before it joins
-        checks.append(file_available(tool, join_cfg.get("caCertPath") or CA_CERT))
-    else:
-        checks += [file_available(tool, f"{MANIFESTS}/{m}.yaml")
-                   for m in control_plane_manifests(False)]
-    checks += [cri_check(tool, node_reg), ip_forward(tool), kubelet_present(tool)]
-    disc_file = ((join_cfg.get("discovery") or {}).get("file") or {}).get("kubeConfigPath")
-    if disc_file and not disc_file.startswith("http") and not tool.path(disc_file).is_file():
-        checks.append(("DiscoveryFile", f"{disc_file} doesn't exist"))
-    preflight(tool, opts, node_reg, checks)
-    if "--dry-run" in opts["flags"]:
-        tool.say("dry run: nothing written")
-        return
+    name = node_name(node_reg)
+    # The real join reads external/stacked etcd from the cluster's ClusterConfiguration. The
+    # stand-in has no cluster: the provisioner places the external etcd client certificate on
+    # every control plane before it joins, so its presence means external etcd.
+    local_etcd = control_plane and not tool.path(
+        "/etc/kubernetes/pki/apiserver-etcd-client.key").exists()
     bt = (join_cfg.get("discovery") or {}).get("bootstrapToken") or {}
     server = endpoint_url(bt.get("apiServerEndpoint"), 6443) or "https://127.0.0.1:6443"
-    written = write_node_files(tool, configs, node_reg, server, "kubernetes",
-                               control_plane=control_plane, local_etcd=False)
-    remember(tool, written)
-    kubelet_service(tool, "restart")
+
+    def do_preflight():
+        checks = [file_available(tool, "/etc/kubernetes/kubelet.conf"),
+                  file_available(tool, "/etc/kubernetes/bootstrap-kubelet.conf")]
+        if not control_plane:  # a control plane may have its CA placed before it joins
+            checks.append(file_available(tool, join_cfg.get("caCertPath") or CA_CERT))
+        else:
+            checks += [file_available(tool, f"{MANIFESTS}/{m}.yaml")
+                       for m in control_plane_manifests(local_etcd)]
+            if local_etcd:
+                checks.append(dir_available(tool, "/var/lib/etcd"))
+        checks += [cri_check(tool, node_reg), ip_forward(tool), kubelet_present(tool)]
+        disc_file = ((join_cfg.get("discovery") or {}).get("file") or {}).get("kubeConfigPath")
+        if disc_file and not disc_file.startswith("http") and not tool.path(disc_file).is_file():
+            checks.append(("DiscoveryFile", f"{disc_file} doesn't exist"))
+        preflight(tool, opts, node_reg, checks)
+
+    if "--dry-run" in opts["flags"]:
+        do_preflight()
+        tool.say("dry run: nothing written")
+        return
+
+    def prepare():
+        write_files(tool, kubeconfig_files(tool, server, "kubernetes", init=False, name=name))
+        write_files(tool, manifest_files(control_plane_manifests(False)))
+
+    fresh = {"tool": "stand-in kubeadm (TEST-ONLY)", "node": name,
+             "role": "control-plane" if control_plane else "worker",
+             "etcd": ("stacked" if local_etcd else "external") if control_plane else None,
+             "steps": {}, **registration(node_reg, control_plane)}
+    steps = [("preflight", do_preflight)]
+    if control_plane:
+        steps.append(("control-plane-prepare", prepare))
+    steps.append(("kubelet-start", lambda: kubelet_start(tool, configs, node_reg, (server, name),
+                                                         False)))
+    if local_etcd:
+        steps.append(("etcd-join", lambda: (write_files(tool, manifest_files(["etcd"])),
+                                            etcd_data(tool))))
+    steps.append(("kubelet-wait-bootstrap", lambda: None))
+    if control_plane:
+        steps += [("control-plane-join", lambda: None), ("wait-control-plane", lambda: None)]
+    run_steps(tool, "join", steps, opts, fresh)
     role = "control-plane node" if control_plane else "node"
     tool.say(f"join done as a {role}: files written where kubeadm writes them (stand-in: "
              "nothing joined any cluster)")
+
+
+def token_ids(init_cfg: dict) -> list[str]:
+    """The public halves of the bootstrap tokens (the secret halves are never kept)."""
+    return sorted({str((t or {}).get("token", "")).split(".")[0]
+                   for t in init_cfg.get("bootstrapTokens") or []})
+
+
+def dir_available(tool: Tool, path: str) -> tuple[str, str | None]:
+    name = "DirAvailable-" + path.replace("/", "-")
+    p = tool.path(path)
+    busy = p.is_dir() and any(p.iterdir())
+    return name, (f"{path} is not empty" if busy else None)
+
+
+def write_files(tool: Tool, files: dict[str, tuple[str, int]]) -> None:
+    for path, (text, mode) in files.items():
+        tool.write(path, text, mode)
+    remember(tool, list(files))
+
+
+def kubeconfig_files(tool: Tool, server: str, cname: str, init: bool,
+                     name: str) -> dict[str, tuple[str, int]]:
+    """What the kubeconfig phase writes: init writes kubelet.conf and super-admin.conf too; a
+    joining control plane gets kubelet.conf from the TLS bootstrap (kubelet-start)."""
+    files = {"/etc/kubernetes/admin.conf": (
+        kubeconfig(tool, server, cname, "kubernetes-admin-stand-in"), 0o600)}
+    if init:
+        files["/etc/kubernetes/super-admin.conf"] = (
+            kubeconfig(tool, server, cname, "kubernetes-super-admin-stand-in"), 0o600)
+        files["/etc/kubernetes/kubelet.conf"] = (
+            kubeconfig(tool, server, cname, f"system:node:{name}"), 0o600)
+    for conf in ("controller-manager", "scheduler"):
+        files[f"/etc/kubernetes/{conf}.conf"] = (
+            kubeconfig(tool, server, cname, f"system:kube-{conf}-stand-in"), 0o600)
+    return files
+
+
+def manifest_files(names: list[str]) -> dict[str, tuple[str, int]]:
+    import yaml
+
+    files = {}
+    for m in names:
+        pod = {"apiVersion": "v1", "kind": "Pod",
+               "metadata": {"name": m, "namespace": "kube-system",
+                            "annotations": {"stand-in": "not Kubernetes: placeholder written "
+                                                        "by the kubeadm stand-in"}},
+               "spec": {"containers": [{"name": m, "image": "stand-in.invalid/" + m}]}}
+        files[f"{MANIFESTS}/{m}.yaml"] = (f"# {MARK}\n" + yaml.safe_dump(pod), 0o600)
+    return files
+
+
+def kubelet_start(tool: Tool, configs: dict, node_reg: dict, bootstrap: tuple | None,
+                  local_etcd: bool) -> None:
+    """Write the kubelet config and flags, (re)start the kubelet. A join (bootstrap = (server,
+    node name)) then has kubelet.conf from the TLS bootstrap. On init the kubelet runs the
+    static pods: with stacked etcd, etcd creates its data dir."""
+    import yaml
+
+    kubelet = dict(configs.get("KubeletConfiguration") or
+                   {"apiVersion": COMPONENT_APIS["KubeletConfiguration"],
+                    "kind": "KubeletConfiguration"})
+    kubelet.setdefault("cgroupDriver", "systemd")
+    cri = node_reg.get("criSocket") or DEFAULT_CRI
+    extra = " ".join(f"--{a['name']}={a['value']}" for a in node_reg.get("kubeletExtraArgs") or []
+                     if isinstance(a, dict) and "name" in a)
+    args = f"--container-runtime-endpoint={cri}" + (f" {extra}" if extra else "")
+    write_files(tool, {
+        "/var/lib/kubelet/config.yaml": (f"# {MARK}\n" + yaml.safe_dump(kubelet), 0o644),
+        "/var/lib/kubelet/kubeadm-flags.env": (f'KUBELET_KUBEADM_ARGS="{args}"\n', 0o644)})
+    kubelet_service(tool, "restart")
+    if bootstrap:
+        server, name = bootstrap
+        write_files(tool, {"/etc/kubernetes/kubelet.conf": (
+            kubeconfig(tool, server, "kubernetes", f"system:node:{name}", client_cert=True),
+            0o600)})
+    if local_etcd:
+        etcd_data(tool)
+
+
+def etcd_data(tool: Tool) -> None:
+    write_files(tool, {ETCD_MEMBER: (f"# {MARK}\n# stands for the etcd member's data\n", 0o600)})
+
+
+def kubelet_finalize(tool: Tool) -> None:
+    """enable-client-cert-rotation: kubelet.conf now points at the rotated client cert."""
+    conf = "/etc/kubernetes/kubelet.conf"
+    p = tool.path(conf)
+    if not p.exists():
+        raise Failed(f"error execution phase kubelet-finalize/enable-client-cert-rotation: "
+                     f"open {conf}: no such file or directory")
+    import yaml
+
+    text = p.read_text()
+    doc = yaml.safe_load(text)
+    for u in doc.get("users") or []:
+        u["user"] = {"client-certificate": KUBELET_CLIENT, "client-key": KUBELET_CLIENT}
+    new = f"# {MARK}\n" + yaml.safe_dump(doc, sort_keys=False)
+    if new != text:
+        write_files(tool, {conf: (new, 0o600)})
+
+
+# ---------------------------------------------------------------------------------------------
+# `kubeadm init phase NAME ...`: finishing an init whose API answers, renewing join secrets
+# ---------------------------------------------------------------------------------------------
+
+PHASE_SUBS = {"upload-config": ("all",), "upload-certs": (), "mark-control-plane": (),
+              "bootstrap-token": (), "kubelet-finalize": ("all", "enable-client-cert-rotation"),
+              "addon": ("all",)}
+UNIMPLEMENTED = set(INIT_STEPS) - set(PHASE_SUBS)
+
+
+def init_phase(tool: Tool, args: list[str]) -> None:
+    """`init phase NAME [SUB] --config F [--kubeconfig K] [--upload-certs]`; the legacy form
+    `init phase upload-certs --upload-certs --certificate-key KEY` (no --config) stays."""
+    if len(args) < 2:
+        raise Failed('kubeadm init phase: the stand-in needs a phase name (see `kubeadm init '
+                     'phase --help` upstream)')
+    phase, rest = args[1], args[2:]
+    if phase not in INIT_STEPS:
+        raise Failed(f'unknown command "{phase}" for "kubeadm init phase"')
+    if phase in UNIMPLEMENTED:
+        raise Failed(f"the stand-in does not implement `kubeadm init phase {phase}` (it "
+                     f"implements {', '.join(sorted(PHASE_SUBS))})")
+    subs = PHASE_SUBS[phase]
+    sub = None
+    if rest and not rest[0].startswith("-"):
+        sub, rest = rest[0], rest[1:]
+        if sub not in subs:
+            raise Failed(f'unknown command "{sub}" for "kubeadm init phase {phase}"')
+    elif subs:
+        raise Failed(f"kubeadm init phase {phase}: the stand-in needs a sub-phase "
+                     f"({', '.join(subs)})")
+    opts = {"config": None, "kubeconfig": ADMIN, "flags": set(), "key": None}
+    i = 0
+    while i < len(rest):
+        flag, eq, value = rest[i].partition("=")
+        if flag in ("--config", "--kubeconfig", "--certificate-key"):
+            if not eq:
+                i += 1
+                if i >= len(rest):
+                    raise Failed(f"flag needs an argument: {flag}")
+                value = rest[i]
+            opts[{"--certificate-key": "key"}.get(flag, flag[2:])] = value
+        elif flag in ("--upload-certs", "--skip-certificate-key-print", "--dry-run"):
+            opts["flags"].add(flag)
+        else:
+            raise Failed(f"unknown flag: {flag}")
+        i += 1
+    if phase == "upload-certs" and opts["config"] is None and opts["key"] is not None:
+        return upload_certs(tool, args)  # legacy form
+    if not opts["config"]:
+        raise Failed(f"kubeadm init phase {phase}: the stand-in needs --config FILE")
+    configs = decode(load_yaml_docs(tool, opts["config"]), "init")
+    init_cfg = configs["InitConfiguration"]
+    if not tool.path(opts["kubeconfig"]).exists():
+        raise Failed(f"failed to load admin kubeconfig: open {opts['kubeconfig']}: no such file "
+                     "or directory")
+    view = state.kubeadm_view(tool)
+    if not (view["api_up"] or (view["reachable"] and view["control_plane"])):
+        raise Failed(f"error execution phase {phase}: couldn't reach the API server: connection "
+                     "refused (stand-in: no API server answers for this node, see "
+                     f"{state.KUBEADM_STATE})")
+    if phase == "upload-certs":
+        if "--upload-certs" not in opts["flags"]:
+            tool.say("[upload-certs] Skipping phase. Please see --upload-certs")
+            return
+        key = opts["key"] if opts["key"] is not None else init_cfg.get("certificateKey")
+        if not key:
+            raise Failed("error execution phase upload-certs: certificateKey: Required value: "
+                         "the stand-in expects the provisioner to choose the certificate key "
+                         "(InitConfiguration.certificateKey)")
+        if not CERT_KEY.fullmatch(str(key)):
+            raise Failed("error execution phase upload-certs: certificateKey: Invalid value: "
+                         "<redacted>: must be 64 hexadecimal characters (a 32-byte AES key)")
+    if phase == "bootstrap-token":
+        errs = [e for e in validate_init(configs, False, tool.version) if "bootstrapTokens" in e]
+        if errs:
+            raise Failed("\n".join(errs))
+    line = state.take_fault(tool, "kubeadm init", (phase,))
+    if line:
+        raise Failed(f"error execution phase {phase}: planned failure (stand-in fault switch: "
+                     f"line {line!r} removed from {state.FAULTS})")
+    if phase == "kubelet-finalize":
+        kubelet_finalize(tool)
+    s = state.load(tool, state.KUBEADM_STATE)
+    if s:
+        steps = s.setdefault("steps", {})
+        cmd = "init" if "init" in steps else "init phase"
+        if phase not in steps.setdefault(cmd, []):
+            steps[cmd].append(phase)
+        if (s.get("failed") or {}).get("init") == phase:
+            del s["failed"]["init"]
+            if not s["failed"]:
+                del s["failed"]
+        if phase == "bootstrap-token":
+            s["tokens"] = sorted(set(token_ids(init_cfg)) | set(s.get("tokens") or []))
+        state.save(tool, state.KUBEADM_STATE, s)
+    what = {"upload-config": "kubeadm-config and kubelet-config ConfigMaps",
+            "upload-certs": "kubeadm-certs Secret", "mark-control-plane": "node labels and taints",
+            "bootstrap-token": "bootstrap tokens and the cluster-info ConfigMap",
+            "kubelet-finalize": "kubelet.conf client certificate rotation",
+            "addon": "CoreDNS and kube-proxy"}[phase]
+    tool.say(f"[{phase}] done: {what} (stand-in: recorded in {state.KUBEADM_STATE}, no API "
+             "server was changed)")
 
 
 def reset(tool: Tool, args: list[str]) -> None:
@@ -564,17 +898,26 @@ def reset(tool: Tool, args: list[str]) -> None:
     kubelet_service(tool, "stop")
     listed = tool.path(WRITTEN)
     paths = json.loads(listed.read_text()) if listed.exists() else []
+    stacked = f"{MANIFESTS}/etcd.yaml" in paths
     for p in paths:
         tool.path(p).unlink(missing_ok=True)
+    if stacked:  # kubeadm reset empties the local etcd data dir
+        data = tool.path("/var/lib/etcd")
+        for child in (data.iterdir() if data.is_dir() else ()):
+            shutil.rmtree(child) if child.is_dir() else child.unlink()
     listed.unlink(missing_ok=True)
-    tool.say(f"reset: removed {len(paths)} file(s) the stand-in had written")
+    tool.path(state.KUBEADM_STATE).unlink(missing_ok=True)
+    tool.path(state.records_path(tool)).unlink(missing_ok=True)
+    tool.say(f"reset: removed {len(paths)} file(s) the stand-in had written and its step state")
 
 
 def kubelet_service(tool: Tool, verb: str) -> None:
-    """kubeadm's kubelet-start phase restarts the kubelet unit (reset stops it). Not under
-    STANDIN_ROOT (tests on the controller) and not without systemd."""
+    """kubeadm's kubelet-start phase restarts the kubelet unit (reset stops it). Under
+    STANDIN_ROOT (tests on the controller) only the unit's stand-in marker changes."""
     if tool.root or not shutil.which("systemctl"):
-        tool.say(f"[kubelet-start] not touching the kubelet service here ({verb} skipped)")
+        state.mark_unit(tool, "kubelet", verb != "stop")
+        tool.say(f"[kubelet-start] not touching the kubelet service here ({verb} skipped; "
+                 "under STANDIN_ROOT the stand-in's unit marker follows it)")
         return
     tool.say(f"[kubelet-start] systemctl {verb} kubelet")
     r = subprocess.run(["systemctl", verb, "kubelet"], capture_output=True, text=True)
@@ -597,53 +940,22 @@ def remember(tool: Tool, written: list[str]) -> None:
     tool.write(WRITTEN, json.dumps(sorted(set(old) | set(written)), indent=1) + "\n", 0o600)
 
 
-def kubeconfig(tool: Tool, server: str, cluster_name: str, user: str) -> str:
+def kubeconfig(tool: Tool, server: str, cluster_name: str, user: str,
+               client_cert: bool = False) -> str:
     import yaml
 
     ca = tool.path(CA_CERT)
     entry = {"server": server}
     if ca.is_file():
         entry["certificate-authority-data"] = base64.b64encode(ca.read_bytes()).decode()
+    # no credential: nothing would accept one (a bootstrapped kubelet names its cert file)
+    cred = {"client-certificate": KUBELET_CLIENT, "client-key": KUBELET_CLIENT} \
+        if client_cert else {}
     doc = {"apiVersion": "v1", "kind": "Config",
            "clusters": [{"name": cluster_name, "cluster": entry}],
            "contexts": [{"name": f"{user}@{cluster_name}",
                          "context": {"cluster": cluster_name, "user": user}}],
            "current-context": f"{user}@{cluster_name}",
-           "users": [{"name": user, "user": {}}],  # no credential: nothing would accept one
+           "users": [{"name": user, "user": cred}],
            "preferences": {}}
     return f"# {MARK}\n" + yaml.safe_dump(doc, sort_keys=False)
-
-
-def write_node_files(tool: Tool, configs: dict, node_reg: dict, server: str, cluster_name: str,
-                     control_plane: bool, local_etcd: bool) -> list[str]:
-    import yaml
-
-    files: dict[str, tuple[str, int]] = {}
-    files["/etc/kubernetes/kubelet.conf"] = (
-        kubeconfig(tool, server, cluster_name, "system:node:stand-in"), 0o600)
-    if control_plane:
-        files["/etc/kubernetes/admin.conf"] = (
-            kubeconfig(tool, server, cluster_name, "kubernetes-admin-stand-in"), 0o600)
-        for conf in ("controller-manager", "scheduler"):
-            files[f"/etc/kubernetes/{conf}.conf"] = (
-                kubeconfig(tool, server, cluster_name, f"system:kube-{conf}-stand-in"), 0o600)
-        for m in control_plane_manifests(local_etcd):
-            pod = {"apiVersion": "v1", "kind": "Pod",
-                   "metadata": {"name": m, "namespace": "kube-system",
-                                "annotations": {"stand-in": "not Kubernetes: placeholder written "
-                                                            "by the kubeadm stand-in"}},
-                   "spec": {"containers": [{"name": m, "image": "stand-in.invalid/" + m}]}}
-            files[f"{MANIFESTS}/{m}.yaml"] = (f"# {MARK}\n" + yaml.safe_dump(pod), 0o600)
-    kubelet = dict(configs.get("KubeletConfiguration") or
-                   {"apiVersion": COMPONENT_APIS["KubeletConfiguration"],
-                    "kind": "KubeletConfiguration"})
-    kubelet.setdefault("cgroupDriver", "systemd")
-    files["/var/lib/kubelet/config.yaml"] = (f"# {MARK}\n" + yaml.safe_dump(kubelet), 0o644)
-    cri = node_reg.get("criSocket") or DEFAULT_CRI
-    extra = " ".join(f"--{a['name']}={a['value']}" for a in node_reg.get("kubeletExtraArgs") or []
-                     if isinstance(a, dict) and "name" in a)
-    args = f"--container-runtime-endpoint={cri}" + (f" {extra}" if extra else "")
-    files["/var/lib/kubelet/kubeadm-flags.env"] = (f'KUBELET_KUBEADM_ARGS="{args}"\n', 0o644)
-    for path, (text, mode) in files.items():
-        tool.write(path, text, mode)
-    return sorted(files)
