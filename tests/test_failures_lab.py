@@ -54,13 +54,17 @@ def kube_reset(lab):
 
 
 def end_state(lab) -> dict:
-    """What the stand-ins recorded as done per node (steps, role), without times."""
+    """What the stand-ins recorded as done per node: role, etcd and every kubeadm step done,
+    whether by `kubeadm init` itself or by the `kubeadm init phase` commands that finished it
+    (show-join-command only prints, and has no phase command)."""
     out = {}
     for n in KUBE:
         rc, text, _ = lab.run(n, "cat /var/lib/standin/kubeadm-state.json")
         assert rc == 0, f"{n}: no stand-in state"
         state = json.loads(text)
-        out[n] = {k: v for k, v in state.items() if "time" not in k}
+        done = {step for steps in state["steps"].values() for step in steps}
+        out[n] = {"role": state["role"], "etcd": state.get("etcd"),
+                  "done": sorted(done - {"show-join-command"})}
     return out
 
 

@@ -22,8 +22,8 @@ ETCDCTL = ("ETCDCTL_API=3 etcdctl --cacert /etc/etcd/pki/ca.crt --endpoints "
 
 
 def pending_before_binaries(cluster):
-    early = {"prepare", "runtime", "pki", "etcd", "loadbalancer"}
-    return {p.name: w for p, w in actions.up(cluster, dry_run=True) if w and p.name in early}
+    early = {"prepare", "runtime", "etcd", "loadbalancer"}
+    return {p.title: w for p, w in actions.up(cluster, dry_run=True) if w and p.title in early}
 
 
 class LoseNodeAt:

@@ -53,7 +53,7 @@ def test_k3s_cluster_up_with_stand_ins_then_rerun_changes_nothing(k3s_lab, tmp_p
     assert rc != 0
 
     bundle = make_standin_bundle(tmp_path / "bundle", cluster)
-    done = {p.name: w for p, w in actions.up(cluster, bundle_dir=str(bundle)) if w}
+    done = {p.title: w for p, w in actions.up(cluster, bundle_dir=str(bundle)) if w}
     assert {"binaries", "control-plane", "join-control-plane", "join-workers"} <= set(done)
     assert "runtime" not in done and "etcd" not in done  # k3s brings both
 
@@ -69,6 +69,6 @@ def test_k3s_cluster_up_with_stand_ins_then_rerun_changes_nothing(k3s_lab, tmp_p
     for name, unit in (("s1", "k3s"), ("s3", "k3s"), ("a1", "k3s-agent")):
         assert k3s_lab.run(name, f"systemctl is-active {unit}")[1].strip() == "active"
 
-    again = {p.name: w for p, w in actions.up(cluster, bundle_dir=str(bundle)) if w}
+    again = {p.title: w for p, w in actions.up(cluster, bundle_dir=str(bundle)) if w}
     assert again == {}
     assert all(len(records(k3s_lab, n)) == 1 for n in ("s1", "s2", "s3", "a1"))

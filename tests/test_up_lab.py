@@ -35,7 +35,7 @@ def ok(lab, node, cmd):
 
 
 def work(result):
-    return {phase.name: hosts for phase, hosts in result if hosts}
+    return {phase.title: hosts for phase, hosts in result if hosts}
 
 
 def started_at(lab, units=("containerd", "etcd", "haproxy", "keepalived")):
@@ -132,7 +132,7 @@ def test_vip_moves_when_its_holder_fails(fresh, without_bundle):
 def test_rerun_without_bundle_has_no_work_before_the_binaries(fresh, without_bundle):
     plan = work(actions.up(fresh.cluster, dry_run=True))
     assert set(plan) <= {"binaries", "control-plane", "join-control-plane", "join-workers",
-                         "cni", "addons", "kubeconfig"}, plan
+                         "cni", "addons", "node-meta", "kubeconfig"}, plan
 
 
 @pytest.fixture(scope="module")
@@ -149,11 +149,12 @@ def with_bundle(fresh, without_bundle, bundle):
 
 def test_kube_phases_run_in_order_with_stand_ins(fresh, with_bundle):
     assert {"binaries", "control-plane", "join-control-plane", "join-workers", "cni",
-            "addons", "kubeconfig"} <= set(with_bundle)
+            "addons", "node-meta", "kubeconfig"} <= set(with_bundle)
     secrets = State(fresh.cluster).secrets()
     token_hash = hashlib.sha256(secrets["bootstrap_token"].encode()).hexdigest()
 
-    inits = [e for e in standin_log(fresh, "cp1") if "init" in e["argv"]]
+    inits = [e for e in standin_log(fresh, "cp1") if e["argv"][:1] == ["init"]
+             and "phase" not in e["argv"]]
     assert len(inits) == 1 and inits[0]["result"] == "ok"
     joins = {n: [e for e in standin_log(fresh, n) if "join" in e["argv"]]
              for n in ("cp2", "cp3", "w1")}
@@ -227,7 +228,8 @@ def test_a_node_added_later_joins_with_a_renewed_token(fresh, with_bundle, bundl
     assert {h for hosts in did.values() for h in hosts} == {"w1"}, did
     assert "join-workers" in did and "control-plane" not in did
     renewed = standin_log(fresh, "cp1")[before:]
-    assert [e["argv"][:2] for e in renewed] == [["token", "delete"], ["token", "create"]]
+    # made again from the init config file: no secret on any command line
+    assert [e["argv"][:3] for e in renewed] == [["init", "phase", "bootstrap-token"]]
     secrets = State(fresh.cluster).secrets()
     assert secrets["bootstrap_token"] not in json.dumps(renewed)
     assert all(e["result"] == "ok" for e in renewed)
