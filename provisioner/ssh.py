@@ -73,6 +73,12 @@ class HostKeyError(UserError):
     """One or more hosts presented a host key that is unknown or differs from the recorded one."""
 
 
+class RevokedHostKey(paramiko.SSHException):
+    def __init__(self, entry: str, key: paramiko.PKey, line: int):
+        super().__init__(f"revoked host key for {entry}")
+        self.entry, self.key, self.line = entry, key, line
+
+
 class UnknownHostKey(paramiko.SSHException):
     def __init__(self, entry: str, key: paramiko.PKey):
         super().__init__(f"unknown host key for {entry}")
@@ -98,11 +104,83 @@ def known_hosts_path(cluster) -> Path:
     return Path(base) / cluster.cluster_name / "known_hosts"
 
 
+class KnownHostsError(UserError):
+    """A known_hosts line that cannot be read: FILE:LINE: what is wrong (how to fix)."""
+
+
+@dataclass
+class KnownHosts:
+    """What a known_hosts file says: the keys (paramiko.HostKeys) and the @revoked keys."""
+
+    keys: paramiko.HostKeys
+    revoked: dict[bytes, int] = field(default_factory=dict)  # key blob -> line
+    skipped: list[tuple[int, str]] = field(default_factory=list)  # (line, why) not used
+
+
+def read_known_hosts(path: str | os.PathLike) -> KnownHosts:
+    """Read a known_hosts file as OpenSSH does (sshd(8) "SSH_KNOWN_HOSTS FILE FORMAT").
+
+    `host[,host...] keytype base64 [comment]` lines, hashed names (|1|salt|hash) included;
+    blank lines and # comments are skipped; fields may be separated by runs of spaces or tabs.
+    Marker lines: `@revoked` keys are refused whatever else the file says; `@cert-authority`
+    lines are skipped (this provisioner checks plain host keys, never host certificates).
+    Lines of a key type paramiko cannot use are skipped (OpenSSH would skip unknown types too).
+    Anything else that cannot be read raises `KnownHostsError` naming FILE:LINE, all at once.
+    """
+    path = Path(path)
+    out = KnownHosts(paramiko.HostKeys())
+    if not path.exists():
+        return out
+    problems = []
+    data = path.read_bytes()
+    for lineno, raw in enumerate(data.split(b"\n"), 1):
+        try:
+            line = raw.decode("utf-8").strip()
+        except UnicodeDecodeError:
+            problems.append(f"{path}:{lineno}: bytes that are not UTF-8 (fix or remove the line)")
+            continue
+        if not line or line.startswith("#"):
+            continue
+        fields = line.split()
+        marker = fields.pop(0) if fields[0].startswith("@") else None
+        if marker not in (None, "@revoked", "@cert-authority"):
+            problems.append(f"{path}:{lineno}: unknown marker {marker!r} (OpenSSH knows "
+                            "@cert-authority and @revoked; fix or remove the line)")
+            continue
+        if len(fields) < 3:
+            problems.append(f"{path}:{lineno}: not `host keytype key` (fix or remove the line)")
+            continue
+        names, kind, blob = fields[:3]
+        if marker == "@cert-authority":
+            out.skipped.append((lineno, "@cert-authority: host certificates are not used"))
+            continue
+        try:
+            key_bytes = base64.b64decode(blob, validate=True)
+        except ValueError:
+            problems.append(f"{path}:{lineno}: the key is not base64 (fix or remove the line)")
+            continue
+        try:
+            key = paramiko.PKey.from_type_string(kind, key_bytes)
+        except paramiko.pkey.UnknownKeyType:
+            out.skipped.append((lineno, f"key type {kind} is not supported by paramiko"))
+            continue
+        except Exception as e:  # noqa: BLE001 - a corrupt key of a known type
+            problems.append(f"{path}:{lineno}: the {kind} key cannot be read ({e or type(e).__name__}; "
+                            "fix or remove the line)")
+            continue
+        if marker == "@revoked":
+            out.revoked[key.asbytes()] = lineno
+            continue
+        for name in names.split(","):
+            if name and not name.startswith("!"):
+                out.keys.add(name, key.get_name(), key)
+    if problems:
+        raise KnownHostsError("known_hosts cannot be read:\n  " + "\n  ".join(problems))
+    return out
+
+
 def load_known_hosts(path: str | os.PathLike) -> paramiko.HostKeys:
-    keys = paramiko.HostKeys()
-    if Path(path).exists():
-        keys.load(str(path))
-    return keys
+    return read_known_hosts(path).keys
 
 
 def key_status(known: paramiko.HostKeys, entry: str, key: paramiko.PKey) -> str:
@@ -195,6 +273,9 @@ class _Policy(paramiko.MissingHostKeyPolicy):
         self.pool = pool
 
     def missing_host_key(self, client, hostname, key):
+        revoked = self.pool._known.revoked.get(key.asbytes())
+        if revoked:
+            raise RevokedHostKey(hostname, key, revoked)
         if not self.pool.trust_new:
             raise UnknownHostKey(hostname, key)
         record_host_keys(self.pool.known_hosts, [(hostname, key)])
@@ -228,7 +309,8 @@ def _transient(exc: BaseException) -> bool:
     if isinstance(exc, (ConnectionResetError, EOFError, BrokenPipeError)):
         return True
     if isinstance(exc, paramiko.SSHException) and not isinstance(
-            exc, (paramiko.AuthenticationException, paramiko.BadHostKeyException, UnknownHostKey)):
+            exc, (paramiko.AuthenticationException, paramiko.BadHostKeyException, UnknownHostKey,
+                  RevokedHostKey)):
         text = str(exc)
         return "banner" in text or "reset" in text.lower() or "EOF" in text
     return False
@@ -251,6 +333,7 @@ class Pool:
         self._sftp: dict[str, paramiko.SFTPClient] = {}
         self._host_locks = {name: threading.Lock() for name in self.nodes}
         self._handshakes = threading.BoundedSemaphore(max(1, max_handshakes))
+        self._known = read_known_hosts(self.known_hosts)
         self._pool = ThreadPoolExecutor(max_workers=self.max_parallel, thread_name_prefix="ssh")
         self.connect_seconds = 0.0
         self._open()
@@ -266,6 +349,9 @@ class Pool:
             except UnknownHostKey as e:
                 key_problems[name] = (f"{name} ({e.entry}): unknown host key {e.key.get_name()} "
                                       f"{fingerprint(e.key)}")
+            except RevokedHostKey as e:
+                key_problems[name] = (f"{name} ({e.entry}): host key {e.key.get_name()} "
+                                      f"{fingerprint(e.key)} is marked @revoked on line {e.line}")
             except paramiko.BadHostKeyException as e:
                 entry = known_hosts_entry(self.nodes[name].address, self.nodes[name].ssh_port)
                 key_problems[name] = (
@@ -288,8 +374,10 @@ class Pool:
         delay = 0.2
         for attempt in range(CONNECT_RETRIES + 1):
             client = paramiko.SSHClient()
-            if self.known_hosts.exists():
-                client.load_host_keys(str(self.known_hosts))
+            known = client.get_host_keys()
+            for entry in self._known.keys._entries:
+                for hostname in entry.hostnames:
+                    known.add(hostname, entry.key.get_name(), entry.key)
             client.set_missing_host_key_policy(_Policy(self))
             kwargs = dict(hostname=node.address, port=node.ssh_port, username=node.ssh_user,
                           timeout=self.connect_timeout, banner_timeout=self.connect_timeout,
@@ -301,6 +389,10 @@ class Pool:
                 with self._handshakes:
                     client.connect(**kwargs)
                 transport = client.get_transport()
+                presented = transport.get_remote_server_key()
+                if presented.asbytes() in self._known.revoked:
+                    raise RevokedHostKey(known_hosts_entry(node.address, node.ssh_port),
+                                         presented, self._known.revoked[presented.asbytes()])
                 transport.set_keepalive(30)
                 # small request/reply packets: without this, Nagle + delayed ACK add ~40 ms to
                 # every channel open
