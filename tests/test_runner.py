@@ -314,3 +314,18 @@ def test_foreign_or_open_private_dir_is_refused(tmp_path, how):
     assert isinstance(e.value, runner.UserError)
     if how == "mode":
         assert stat.S_IMODE(target.stat().st_mode) == 0o755  # not "fixed" behind our back
+
+
+def test_user_errors_wrapper_prints_one_line_and_exits_130(capsys):
+    from invoke import Exit
+
+    from provisioner.tasks import user_errors
+
+    @user_errors
+    def task():
+        raise KeyboardInterrupt
+
+    with pytest.raises(Exit) as e:
+        task()
+    assert e.value.code == 130
+    assert capsys.readouterr().err == "interrupted\n"
