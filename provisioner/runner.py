@@ -40,9 +40,11 @@ import json
 import os
 import shlex
 import shutil
+import signal
 import stat as stat_
 import sys
 import tempfile
+import threading
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -360,21 +362,34 @@ def run_playbook(cluster, playbook: str, hosts: list[Node], extravars: dict | No
     env = ansible_env(Path(known_hosts), control_dir, timeout)
     env["ANSIBLE_LOCAL_TEMP"] = str(private_dir(run_dir / "tmp"))
     started = datetime.now(timezone.utc)
+    interrupted = threading.Event()
+    # ansible-runner's default cancel callback installs SIGINT/SIGTERM handlers for good, after
+    # which Ctrl-C never raises KeyboardInterrupt again in this process: ours last one run.
+    saved = None
+    if threading.current_thread() is threading.main_thread():
+        saved = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+        for sig in saved:
+            signal.signal(sig, lambda *_: interrupted.set())
     try:
         r = ansible_runner.interface.init_runner(
             private_data_dir=str(run_dir), playbook=str(book), envvars=env,
             cmdline=" ".join(shlex.quote(c) for c in cmdline) or None,
             event_handler=on_event, quiet=True, limit=",".join(names) or None,
-            forks=forks or max(5, len(names)),
+            forks=forks or max(5, len(names)), cancel_callback=interrupted.is_set,
         )
         r.config.env = minimal_env(r.config.env, env)
         r.run()
     finally:
+        if saved:
+            for sig, handler in saved.items():
+                signal.signal(sig, handler)
         if secret_file is not None:
             secret_file.unlink(missing_ok=True)
         if temporary:
             shutil.rmtree(control_dir, ignore_errors=True)
         redact.scrub_tree(run_dir)
+    if interrupted.is_set():
+        raise KeyboardInterrupt  # ansible-playbook was stopped; the caller stops too
     seconds = (datetime.now(timezone.utc) - started).total_seconds()
 
     log_path = Path(r.config.artifact_dir) / "stdout"

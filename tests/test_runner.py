@@ -329,3 +329,36 @@ def test_user_errors_wrapper_prints_one_line_and_exits_130(capsys):
         task()
     assert e.value.code == 130
     assert capsys.readouterr().err == "interrupted\n"
+
+
+def test_ansible_runner_leaves_ctrl_c_working(sshd_hosts, env):  # noqa: F811
+    """ansible-runner would install its own SIGINT handler for good: Ctrl-C must still raise
+    KeyboardInterrupt after a playbook run."""
+    import signal
+
+    state, known = env
+    before = signal.getsignal(signal.SIGINT)
+    result = runner.run_playbook(None, "00-ping.yml", nodes_of(sshd_hosts[:1]), {}, None,
+                                 state, known, phase="sig")
+    assert result.ok
+    assert signal.getsignal(signal.SIGINT) is before
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_ctrl_c_during_a_playbook_stops_it_and_raises(sshd_hosts, env, tmp_path):  # noqa: F811
+    import signal
+    import threading
+    import time
+
+    state, known = env
+    book = tmp_path / "slow.yml"
+    book.write_text("- hosts: all\n  gather_facts: false\n  tasks:\n"
+                    "    - ansible.builtin.command: sleep 120\n")
+    timer = threading.Timer(2.0, os.kill, (os.getpid(), signal.SIGINT))
+    timer.start()
+    start = time.monotonic()
+    with pytest.raises(KeyboardInterrupt):
+        runner.run_playbook(None, str(book), nodes_of(sshd_hosts[:1]), {}, None, state, known,
+                            phase="slow")
+    timer.cancel()
+    assert time.monotonic() - start < 30
