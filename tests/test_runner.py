@@ -351,9 +351,10 @@ def test_ctrl_c_during_a_playbook_stops_it_and_raises(sshd_hosts, env, tmp_path)
     import time
 
     state, known = env
+    marker = f"120.{secrets.randbelow(10**6)}"
     book = tmp_path / "slow.yml"
     book.write_text("- hosts: all\n  gather_facts: false\n  tasks:\n"
-                    "    - ansible.builtin.command: sleep 120\n")
+                    f"    - ansible.builtin.command: sleep {marker}\n")
     timer = threading.Timer(2.0, os.kill, (os.getpid(), signal.SIGINT))
     timer.start()
     start = time.monotonic()
@@ -362,3 +363,7 @@ def test_ctrl_c_during_a_playbook_stops_it_and_raises(sshd_hosts, env, tmp_path)
                             phase="slow")
     timer.cancel()
     assert time.monotonic() - start < 30
+    # the module already running on the host is not stopped (see NOTES-harden.md): clean up
+    import subprocess
+
+    subprocess.run(["pkill", "-f", f"sleep {marker}"], check=False)
