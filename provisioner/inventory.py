@@ -96,6 +96,34 @@ GROUP_KEYS = ("hosts", "vars", "children")
 # ---------------------------------------------------------------------------------------------
 
 
+# Bounds on what a YAML file may make us build: an inventory is a few levels deep and a few
+# thousand values at most. Anchors and aliases are allowed (Ansible reads them), but a file of
+# nested aliases expands exponentially ("billion laughs"): expansion stops past MAX_NODES.
+MAX_DEPTH = 40
+MAX_NODES = 50_000
+YAML_TAG = "tag:yaml.org,2002:"
+MERGE_TAG = YAML_TAG + "merge"
+
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader whose composer refuses nesting deeper than MAX_DEPTH (PyYAML's composer is
+    recursive: 3,000 levels would end in a RecursionError)."""
+
+    _depth = 0
+
+    def compose_node(self, parent, index):
+        self._depth += 1
+        try:
+            if self._depth > MAX_DEPTH and not self.check_event(yaml.AliasEvent):
+                mark = self.peek_event().start_mark
+                raise _Refused(mark.line + 1, "yaml", f"nested deeper than {MAX_DEPTH} levels",
+                               "an inventory needs fewer than 10; check the brackets and "
+                               "indentation")
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+
 class Located:
     """Plain values of a YAML file plus the 1-based line of every key path."""
 
@@ -103,24 +131,92 @@ class Located:
         self.path = path
         self.lines: dict[tuple, int] = {}
         self._constructor = yaml.constructor.SafeConstructor()
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        self._count = 0
+        self._open: set[int] = set()  # ids of the nodes being built (a cycle = recursive alias)
+        loader = _Loader(text)
+        try:
+            node = loader.get_single_node()
+        finally:
+            loader.dispose()
         self.data = self._build(node, ()) if node is not None else None
 
     def _build(self, node: yaml.Node, at: tuple) -> Any:
-        self.lines.setdefault(at, node.start_mark.line + 1)
+        self._count += 1
+        line = node.start_mark.line + 1
+        if self._count > MAX_NODES:
+            raise _Refused(line, "yaml", f"the file expands to more than {MAX_NODES} values "
+                           "(nested aliases *name repeat what their anchors &name hold)",
+                           "write the values out or use fewer nested aliases")
+        if len(at) > MAX_DEPTH:
+            raise _Refused(line, dotted(at), f"nested deeper than {MAX_DEPTH} levels (through "
+                           "aliases)", "an inventory needs fewer than 10")
+        if id(node) in self._open:
+            raise _Refused(self.line(*at), dotted(at), "recursive alias: an anchor &name contains an "
+                           "alias *name of itself", "remove the alias from inside its anchor")
+        self.lines.setdefault(at, line)
+        _check_tag(node, at)
         if isinstance(node, yaml.MappingNode):
-            out: dict = {}
-            for key_node, value_node in node.value:
-                key = self._scalar(key_node) if isinstance(key_node, yaml.ScalarNode) else "?"
-                if key in out:
-                    raise _Duplicate(key, key_node.start_mark.line + 1, at,
-                                     self.lines[at + (key,)])
-                self.lines[at + (key,)] = key_node.start_mark.line + 1
-                out[key] = self._build(value_node, at + (key,))
-            return out
+            self._open.add(id(node))
+            try:
+                return self._mapping(node, at)
+            finally:
+                self._open.discard(id(node))
         if isinstance(node, yaml.SequenceNode):
-            return [self._build(v, at + (i,)) for i, v in enumerate(node.value)]
+            self._open.add(id(node))
+            try:
+                return [self._build(v, at + (i,)) for i, v in enumerate(node.value)]
+            finally:
+                self._open.discard(id(node))
         return self._scalar(node)
+
+    def _mapping(self, node: yaml.MappingNode, at: tuple) -> dict:
+        out: dict = {}
+        merges = []
+        for key_node, value_node in node.value:
+            if key_node.tag == MERGE_TAG:
+                merges.append(value_node)
+                continue
+            key = self._key(key_node, at)
+            if key in out:
+                raise _Duplicate(key, key_node.start_mark.line + 1, at, self.lines[at + (key,)])
+            self.lines[at + (key,)] = key_node.start_mark.line + 1
+            out[key] = self._build(value_node, at + (key,))
+        # YAML merge keys (`<<: *defaults`, as Ansible reads them): keys written in the mapping
+        # win, then the merged mappings in order.
+        for value_node in merges:
+            sources = value_node.value if isinstance(value_node, yaml.SequenceNode) else [value_node]
+            for src in sources:
+                if id(src) in self._open:
+                    raise _Refused(value_node.start_mark.line + 1, dotted(at) + ".<<",
+                                   "recursive alias: a merge key merges the mapping it is in",
+                                   "remove the alias from inside its anchor")
+                if not isinstance(src, yaml.MappingNode):
+                    raise _Refused(src.start_mark.line + 1, dotted(at) + ".<<",
+                                   "a merge key `<<:` takes a mapping or a list of mappings",
+                                   "write `<<: *name` where &name anchors a mapping")
+                self._count += 1
+                self._open.add(id(src))
+                saved, self.lines = self.lines, {}
+                try:
+                    merged = self._mapping(src, at)
+                finally:
+                    self._open.discard(id(src))
+                    scratch, self.lines = self.lines, saved
+                for k, v in merged.items():
+                    if k not in out:
+                        out[k] = v
+                        n = len(at) + 1
+                        self.lines.update((p, ln) for p, ln in scratch.items()
+                                          if p[:n] == at + (k,))
+        return out
+
+    def _key(self, key_node: yaml.Node, at: tuple) -> Any:
+        if not isinstance(key_node, yaml.ScalarNode):
+            raise _Refused(key_node.start_mark.line + 1, dotted(at),
+                           "a key is a list or mapping", "keys must be plain words; check for a "
+                           "stray `?`, `[` or `{` before the colon")
+        _check_tag(key_node, at)
+        return self._scalar(key_node)
 
     def _scalar(self, node: yaml.Node) -> Any:
         return self._constructor.construct_object(node, deep=True)
@@ -130,6 +226,39 @@ class Located:
         while at and at not in self.lines:
             at = at[:-1]
         return self.lines.get(at, 1)
+
+
+# Standard YAML tags that construct plain values. Anything else (Ansible's `!vault`,
+# `!unsafe`, python tags, `!!binary`, `!!set`, ...) is refused with what it is.
+PLAIN_TAGS = {YAML_TAG + t for t in ("str", "int", "float", "bool", "null", "map", "seq",
+                                     "timestamp")}
+
+
+def _check_tag(node: yaml.Node, at: tuple) -> None:
+    tag = node.tag or ""
+    if tag in PLAIN_TAGS or tag == MERGE_TAG:
+        return
+    line = node.start_mark.line + 1
+    if tag == "!vault":
+        raise _Refused(line, dotted(at), "`!vault` is an Ansible Vault encrypted value; the "
+                       "provisioner reads the inventory itself and cannot decrypt it, so vault "
+                       "values are not supported", "write the value in plain text; the inventory "
+                       "holds no secrets, tokens and keys are made in the state folder")
+    if tag == "!unsafe":
+        raise _Refused(line, dotted(at), "`!unsafe` (Ansible's marker for text not to template) "
+                       "is not supported", "remove the tag; the provisioner never templates "
+                       "inventory values")
+    shown = tag.replace(YAML_TAG, "!!")
+    raise _Refused(line, dotted(at), f"the YAML tag {shown} is not supported",
+                   "remove the tag and write a plain value")
+
+
+class _Refused(Exception):
+    """Something in the YAML we will not read: (line, key, message, fix)."""
+
+    def __init__(self, line, key, message, fix):
+        super().__init__(message)
+        self.line, self.key, self.message, self.fix = line, key, message, fix
 
 
 class _Duplicate(Exception):
@@ -232,19 +361,53 @@ class _Collector:
 def read(path: str | os.PathLike) -> Located:
     path = str(path)
     try:
-        text = Path(path).read_text()
+        data = Path(path).read_bytes()
     except OSError as e:
         raise InvalidInventory([Problem(path, 0, "file", f"cannot read: {e.strerror}",
                                         "check the path given with -i")]) from None
+    text = decode(path, data)
     try:
         return Located(path, text)
     except _Duplicate as d:
         raise InvalidInventory([Problem(path, d.line, dotted(d.at + (d.key,)),
                                         f"key appears twice (first on line {d.first})",
                                         "keep one of them")]) from None
+    except _Refused as r:
+        raise InvalidInventory([Problem(path, r.line, r.key, r.message, r.fix)]) from None
     except yaml.MarkedYAMLError as e:
         line, message, fix = _yaml_error(e, text)
         raise InvalidInventory([Problem(path, line, "yaml", message, fix)]) from None
+    except yaml.YAMLError as e:  # unmarked (rare): still a clear line, never a traceback
+        raise InvalidInventory([Problem(path, 1, "yaml", f"not valid YAML: {e}",
+                                        "fix the file")]) from None
+    except RecursionError:
+        raise InvalidInventory([Problem(path, 1, "yaml", "nested too deeply",
+                                        "an inventory needs fewer than 10 levels")]) from None
+
+
+BOMS = {b"\xff\xfe\x00\x00": "UTF-32", b"\x00\x00\xfe\xff": "UTF-32",
+        b"\xff\xfe": "UTF-16", b"\xfe\xff": "UTF-16"}
+
+
+def decode(path: str, data: bytes) -> str:
+    """The file as text: UTF-8 (a UTF-8 BOM is dropped), no NUL bytes, nothing else."""
+    def refuse(at: int, message: str, fix: str):
+        line = data[:at].count(b"\n") + 1
+        raise InvalidInventory([Problem(path, line, "file", message, fix)])
+
+    for bom, name in BOMS.items():
+        if data.startswith(bom):
+            refuse(0, f"the file is {name} text", "save it as UTF-8, e.g. with `iconv -f "
+                   f"{name} -t UTF-8`")
+    if b"\0" in data:
+        refuse(data.index(b"\0"), "a NUL byte: this is not a text file (or it is UTF-16 "
+               "without a byte order mark)", "save the inventory as UTF-8 text")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        refuse(e.start, f"bytes that are not UTF-8 ({data[e.start:e.start + 4]!r}), even "
+               "comments must be UTF-8", "save the file as UTF-8")
+    return text.removeprefix("\ufeff")
 
 
 def _yaml_error(e: yaml.MarkedYAMLError, text: str) -> tuple[int, str, str]:

@@ -23,21 +23,33 @@ writes it, and every file of the run dir is scrubbed of secret values after the 
 Ansible is set up for speed and strictness: pipelining, ControlPersist (masters reused across
 the runs of one cluster), no fact gathering (facts come from the paramiko probe as hostvars),
 strict host key checking against the cluster's own known_hosts file and nothing else.
+
+ansible-playbook gets a minimal environment (`MINIMAL_ENV` plus the ANSIBLE_* settings made
+here and by ansible-runner), never the controller's: ansible-runner writes the environment into
+artifacts/<id>/command, so a secret held in a controller variable would land on disk.
+
+Local files other users must not touch: ControlPersist sockets live in <state_dir>/cp when that
+path is short enough for a socket, else in a fresh mkdtemp() folder removed after the run;
+Ansible's local temp folder is inside the run dir. A pre-existing folder that is not ours or
+not 0700 is refused (`UnsafeDirectory`), never reused.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shlex
 import shutil
+import signal
+import stat as stat_
 import sys
 import tempfile
+import threading
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
+from .errors import UserError
 from .model import ROLE_GROUPS, Node
 
 PLAYBOOKS = Path(__file__).resolve().parent / "playbooks"
@@ -46,6 +58,10 @@ SECRET_VARS = {"bootstrap_token", "certificate_key", "k3s_token", "vrrp_password
                "join_token", "encryption_key"}
 SECRET_SUFFIXES = ("_token", "_key", "_password")
 REDACTED = "********"
+# What ansible-playbook and ssh need from the controller's environment; nothing else is passed.
+MINIMAL_ENV = ("HOME", "LANG", "LC_ALL", "LC_CTYPE", "USER", "LOGNAME", "SSH_AUTH_SOCK",
+               "TMPDIR", "TZ")
+MAX_SOCKET_DIR = 60  # ssh adds its own suffix to ControlPath; a socket path has 108 bytes
 MESSAGE_CHARS = 400
 
 
@@ -71,9 +87,12 @@ class Redactor:
     """Replaces known secret values in strings and nested event data."""
 
     def __init__(self, values=()):
+        plain = {str(v) for v in values if v is not None and len(str(v)) >= 4}
+        # as JSON-encoded in event files too (a secret with a quote, backslash or newline)
+        variants = plain | {json.dumps(v)[1:-1] for v in plain} | {
+            json.dumps(v, ensure_ascii=False)[1:-1] for v in plain}
         # Longest first, so a secret containing another is replaced whole.
-        self.values = sorted({str(v) for v in values if v is not None and len(str(v)) >= 4},
-                             key=len, reverse=True)
+        self.values = sorted(variants, key=len, reverse=True)
 
     def __bool__(self) -> bool:
         return bool(self.values)
@@ -160,17 +179,49 @@ def rotate(runs: Path, keep: int = KEEP_RUNS) -> list[Path]:
     return old
 
 
-def control_path_dir(state_dir: Path, known_hosts: Path) -> Path:
-    """Where SSH ControlPersist sockets live: <state_dir>/cp, or a short dir under /tmp when
-    that path is too long for a socket (108 bytes with ssh's own suffixes). One per cluster
-    state dir and known_hosts file: masters are reused across phases, never across clusters."""
-    path = Path(state_dir).resolve() / "cp"
-    if len(str(path)) > 60:
-        key = hashlib.sha256(f"{path}\0{Path(known_hosts).resolve()}".encode()).hexdigest()[:12]
-        path = Path(tempfile.gettempdir()) / f"pv-cp-{os.getuid()}-{key}"
-    path.mkdir(mode=0o700, parents=True, exist_ok=True)
-    os.chmod(path, 0o700)
+class UnsafeDirectory(UserError):
+    """A folder we would put sockets or module payloads in exists but is not private to us."""
+
+
+def private_dir(path: Path) -> Path:
+    """Create `path` 0700, or accept it if it is already a real folder owned by us, 0700.
+
+    Never chmod or reuse someone else's folder: another local user could have made it first
+    (a ControlPath socket or a module payload in it could then be theirs)."""
+    path = Path(path)
+    try:
+        path.mkdir(mode=0o700)
+    except FileExistsError:
+        pass
+    st = os.lstat(path)
+    if not stat_.S_ISDIR(st.st_mode):
+        raise UnsafeDirectory(f"{path} exists and is not a folder (a symlink or a file): "
+                              "refusing to use it; remove it and rerun")
+    if st.st_uid != os.getuid():
+        raise UnsafeDirectory(f"{path} belongs to uid {st.st_uid}, not to this user "
+                              f"(uid {os.getuid()}): refusing to use it; remove it and rerun")
+    if stat_.S_IMODE(st.st_mode) != 0o700:
+        raise UnsafeDirectory(f"{path} has mode {stat_.S_IMODE(st.st_mode):o}, not 700: "
+                              f"refusing to use it; check who changed it, then `chmod 700 {path}`")
     return path
+
+
+def control_path_dir(state_dir: Path, known_hosts: Path | None = None) -> tuple[Path, bool]:
+    """Where SSH ControlPersist sockets live, and whether the caller must remove it after the run.
+
+    <state_dir>/cp (masters reused across the runs of one cluster) when the state folder is ours
+    and not writable by others and the path leaves room for ssh's socket name; else a fresh
+    mkdtemp() folder for this run only (0700, created atomically: nobody can make it first)."""
+    state = Path(state_dir).resolve()
+    path = state / "cp"
+    try:
+        st = os.stat(state)
+        safe_parent = st.st_uid == os.getuid() and not st.st_mode & 0o022
+    except OSError:
+        safe_parent = False
+    if len(str(path)) <= MAX_SOCKET_DIR and safe_parent:
+        return private_dir(path), False
+    return Path(tempfile.mkdtemp(prefix="pv-cp-")), True
 
 
 def ansible_env(known_hosts: Path, control_dir: Path, timeout: int = 15) -> dict[str, str]:
@@ -180,7 +231,10 @@ def ansible_env(known_hosts: Path, control_dir: Path, timeout: int = 15) -> dict
                 "-o StrictHostKeyChecking=yes -o BatchMode=yes -o IdentitiesOnly=yes "
                 "-o ServerAliveInterval=30")
     bindir = str(Path(sys.executable).parent)
-    return {
+    base = {k: os.environ[k] for k in MINIMAL_ENV if k in os.environ}
+    if not (base.get("LC_ALL") or base.get("LANG")):
+        base["LANG"] = "C.UTF-8"  # ansible refuses a non-UTF-8 locale
+    return base | {
         "PATH": bindir + os.pathsep + os.environ.get("PATH", "/usr/bin:/bin"),
         "ANSIBLE_PIPELINING": "True",
         "ANSIBLE_SSH_ARGS": ssh_args,
@@ -196,8 +250,19 @@ def ansible_env(known_hosts: Path, control_dir: Path, timeout: int = 15) -> dict
         "ANSIBLE_DEPRECATION_WARNINGS": "False",
         "ANSIBLE_SYSTEM_WARNINGS": "False",
         "ANSIBLE_INTERPRETER_PYTHON": "/usr/bin/python3",
-        "ANSIBLE_LOCAL_TEMP": str(Path(tempfile.gettempdir()) / f"pv-ansible-{os.getuid()}"),
     }
+
+
+def minimal_env(env: dict[str, str], ours: dict[str, str]) -> dict[str, str]:
+    """ansible-runner's environment (the controller's, plus ours, plus its own settings) cut
+    down to ours and what ansible-runner itself adds (callback plugin, artifact dir)."""
+    keep = {}
+    for k, v in env.items():
+        if k in ours:
+            keep[k] = ours[k]
+        elif k.startswith(("ANSIBLE_", "AWX_", "RUNNER_")) and os.environ.get(k) != v:
+            keep[k] = v
+    return keep
 
 
 def _playbook_path(playbook: str) -> Path:
@@ -293,20 +358,38 @@ def run_playbook(cluster, playbook: str, hosts: list[Node], extravars: dict | No
             progress.event(event)
         return True
 
-    env = ansible_env(Path(known_hosts), control_path_dir(Path(state_dir), Path(known_hosts)), timeout)
-    Path(env["ANSIBLE_LOCAL_TEMP"]).mkdir(mode=0o700, exist_ok=True)
+    control_dir, temporary = control_path_dir(Path(state_dir), Path(known_hosts))
+    env = ansible_env(Path(known_hosts), control_dir, timeout)
+    env["ANSIBLE_LOCAL_TEMP"] = str(private_dir(run_dir / "tmp"))
     started = datetime.now(timezone.utc)
+    interrupted = threading.Event()
+    # ansible-runner's default cancel callback installs SIGINT/SIGTERM handlers for good, after
+    # which Ctrl-C never raises KeyboardInterrupt again in this process: ours last one run.
+    saved = None
+    if threading.current_thread() is threading.main_thread():
+        saved = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+        for sig in saved:
+            signal.signal(sig, lambda *_: interrupted.set())
     try:
-        r = ansible_runner.run(
+        r = ansible_runner.interface.init_runner(
             private_data_dir=str(run_dir), playbook=str(book), envvars=env,
             cmdline=" ".join(shlex.quote(c) for c in cmdline) or None,
             event_handler=on_event, quiet=True, limit=",".join(names) or None,
-            forks=forks or max(5, len(names)),
+            forks=forks or max(5, len(names)), cancel_callback=interrupted.is_set,
         )
+        r.config.env = minimal_env(r.config.env, env)
+        r.run()
     finally:
+        if saved:
+            for sig, handler in saved.items():
+                signal.signal(sig, handler)
         if secret_file is not None:
             secret_file.unlink(missing_ok=True)
+        if temporary:
+            shutil.rmtree(control_dir, ignore_errors=True)
         redact.scrub_tree(run_dir)
+    if interrupted.is_set():
+        raise KeyboardInterrupt  # ansible-playbook was stopped; the caller stops too
     seconds = (datetime.now(timezone.utc) - started).total_seconds()
 
     log_path = Path(r.config.artifact_dir) / "stdout"

@@ -8,6 +8,13 @@ Host keys are checked against the cluster's own known_hosts file. An unknown key
 (unless `trust_new`), a changed key always is; both raise `HostKeyError` (a `UserError`) naming
 every such host and how to trust it. An unreachable host is not an exception: its `Result`
 has `rc=None` and `error` says which host and why, so the caller decides what to do.
+
+Ctrl-C: a KeyboardInterrupt while commands are in flight (or `close()` while they are) stops
+them on the hosts too. sshd leaves a command without a terminal running when its connection
+drops, so every command first prints its shell's pid (sshd makes each session its own process
+group, led by that shell; the line is stripped from stdout) and `close()` kills that process
+group over a fresh channel before closing the connections. The thread pool is shut down
+without waiting; its threads notice the closed channels within half a second.
 """
 
 from __future__ import annotations
@@ -73,6 +80,12 @@ class HostKeyError(UserError):
     """One or more hosts presented a host key that is unknown or differs from the recorded one."""
 
 
+class RevokedHostKey(paramiko.SSHException):
+    def __init__(self, entry: str, key: paramiko.PKey, line: int):
+        super().__init__(f"revoked host key for {entry}")
+        self.entry, self.key, self.line = entry, key, line
+
+
 class UnknownHostKey(paramiko.SSHException):
     def __init__(self, entry: str, key: paramiko.PKey):
         super().__init__(f"unknown host key for {entry}")
@@ -99,11 +112,83 @@ def known_hosts_path(cluster) -> Path:
     return State(cluster).known_hosts
 
 
+class KnownHostsError(UserError):
+    """A known_hosts line that cannot be read: FILE:LINE: what is wrong (how to fix)."""
+
+
+@dataclass
+class KnownHosts:
+    """What a known_hosts file says: the keys (paramiko.HostKeys) and the @revoked keys."""
+
+    keys: paramiko.HostKeys
+    revoked: dict[bytes, int] = field(default_factory=dict)  # key blob -> line
+    skipped: list[tuple[int, str]] = field(default_factory=list)  # (line, why) not used
+
+
+def read_known_hosts(path: str | os.PathLike) -> KnownHosts:
+    """Read a known_hosts file as OpenSSH does (sshd(8) "SSH_KNOWN_HOSTS FILE FORMAT").
+
+    `host[,host...] keytype base64 [comment]` lines, hashed names (|1|salt|hash) included;
+    blank lines and # comments are skipped; fields may be separated by runs of spaces or tabs.
+    Marker lines: `@revoked` keys are refused whatever else the file says; `@cert-authority`
+    lines are skipped (this provisioner checks plain host keys, never host certificates).
+    Lines of a key type paramiko cannot use are skipped (OpenSSH would skip unknown types too).
+    Anything else that cannot be read raises `KnownHostsError` naming FILE:LINE, all at once.
+    """
+    path = Path(path)
+    out = KnownHosts(paramiko.HostKeys())
+    if not path.exists():
+        return out
+    problems = []
+    data = path.read_bytes()
+    for lineno, raw in enumerate(data.split(b"\n"), 1):
+        try:
+            line = raw.decode("utf-8").strip()
+        except UnicodeDecodeError:
+            problems.append(f"{path}:{lineno}: bytes that are not UTF-8 (fix or remove the line)")
+            continue
+        if not line or line.startswith("#"):
+            continue
+        fields = line.split()
+        marker = fields.pop(0) if fields[0].startswith("@") else None
+        if marker not in (None, "@revoked", "@cert-authority"):
+            problems.append(f"{path}:{lineno}: unknown marker {marker!r} (OpenSSH knows "
+                            "@cert-authority and @revoked; fix or remove the line)")
+            continue
+        if len(fields) < 3:
+            problems.append(f"{path}:{lineno}: not `host keytype key` (fix or remove the line)")
+            continue
+        names, kind, blob = fields[:3]
+        if marker == "@cert-authority":
+            out.skipped.append((lineno, "@cert-authority: host certificates are not used"))
+            continue
+        try:
+            key_bytes = base64.b64decode(blob, validate=True)
+        except ValueError:
+            problems.append(f"{path}:{lineno}: the key is not base64 (fix or remove the line)")
+            continue
+        try:
+            key = paramiko.PKey.from_type_string(kind, key_bytes)
+        except paramiko.pkey.UnknownKeyType:
+            out.skipped.append((lineno, f"key type {kind} is not supported by paramiko"))
+            continue
+        except Exception as e:  # noqa: BLE001 - a corrupt key of a known type
+            problems.append(f"{path}:{lineno}: the {kind} key cannot be read ({e or type(e).__name__}; "
+                            "fix or remove the line)")
+            continue
+        if marker == "@revoked":
+            out.revoked[key.asbytes()] = lineno
+            continue
+        for name in names.split(","):
+            if name and not name.startswith("!"):
+                out.keys.add(name, key.get_name(), key)
+    if problems:
+        raise KnownHostsError("known_hosts cannot be read:\n  " + "\n  ".join(problems))
+    return out
+
+
 def load_known_hosts(path: str | os.PathLike) -> paramiko.HostKeys:
-    keys = paramiko.HostKeys()
-    if Path(path).exists():
-        keys.load(str(path))
-    return keys
+    return read_known_hosts(path).keys
 
 
 def key_status(known: paramiko.HostKeys, entry: str, key: paramiko.PKey) -> str:
@@ -196,6 +281,9 @@ class _Policy(paramiko.MissingHostKeyPolicy):
         self.pool = pool
 
     def missing_host_key(self, client, hostname, key):
+        revoked = self.pool._known.revoked.get(key.asbytes())
+        if revoked:
+            raise RevokedHostKey(hostname, key, revoked)
         if not self.pool.trust_new:
             raise UnknownHostKey(hostname, key)
         record_host_keys(self.pool.known_hosts, [(hostname, key)])
@@ -229,7 +317,8 @@ def _transient(exc: BaseException) -> bool:
     if isinstance(exc, (ConnectionResetError, EOFError, BrokenPipeError)):
         return True
     if isinstance(exc, paramiko.SSHException) and not isinstance(
-            exc, (paramiko.AuthenticationException, paramiko.BadHostKeyException, UnknownHostKey)):
+            exc, (paramiko.AuthenticationException, paramiko.BadHostKeyException, UnknownHostKey,
+                  RevokedHostKey)):
         text = str(exc)
         return "banner" in text or "reset" in text.lower() or "EOF" in text
     return False
@@ -252,9 +341,17 @@ class Pool:
         self._sftp: dict[str, paramiko.SFTPClient] = {}
         self._host_locks = {name: threading.Lock() for name in self.nodes}
         self._handshakes = threading.BoundedSemaphore(max(1, max_handshakes))
+        self._known = read_known_hosts(self.known_hosts)
         self._pool = ThreadPoolExecutor(max_workers=self.max_parallel, thread_name_prefix="ssh")
+        self._running: dict[int, tuple[str, list]] = {}  # id(chan) -> (host, [remote pid])
+        self._running_lock = threading.Lock()
+        self._closing = threading.Event()
         self.connect_seconds = 0.0
-        self._open()
+        try:
+            self._open()
+        except BaseException:
+            self.close()
+            raise
 
     # -- connecting ----------------------------------------------------------------------------
     def _open(self) -> None:
@@ -267,6 +364,9 @@ class Pool:
             except UnknownHostKey as e:
                 key_problems[name] = (f"{name} ({e.entry}): unknown host key {e.key.get_name()} "
                                       f"{fingerprint(e.key)}")
+            except RevokedHostKey as e:
+                key_problems[name] = (f"{name} ({e.entry}): host key {e.key.get_name()} "
+                                      f"{fingerprint(e.key)} is marked @revoked on line {e.line}")
             except paramiko.BadHostKeyException as e:
                 entry = known_hosts_entry(self.nodes[name].address, self.nodes[name].ssh_port)
                 key_problems[name] = (
@@ -289,8 +389,10 @@ class Pool:
         delay = 0.2
         for attempt in range(CONNECT_RETRIES + 1):
             client = paramiko.SSHClient()
-            if self.known_hosts.exists():
-                client.load_host_keys(str(self.known_hosts))
+            known = client.get_host_keys()
+            for entry in self._known.keys._entries:
+                for hostname in entry.hostnames:
+                    known.add(hostname, entry.key.get_name(), entry.key)
             client.set_missing_host_key_policy(_Policy(self))
             kwargs = dict(hostname=node.address, port=node.ssh_port, username=node.ssh_user,
                           timeout=self.connect_timeout, banner_timeout=self.connect_timeout,
@@ -302,6 +404,10 @@ class Pool:
                 with self._handshakes:
                     client.connect(**kwargs)
                 transport = client.get_transport()
+                presented = transport.get_remote_server_key()
+                if presented.asbytes() in self._known.revoked:
+                    raise RevokedHostKey(known_hosts_entry(node.address, node.ssh_port),
+                                         presented, self._known.revoked[presented.asbytes()])
                 transport.set_keepalive(30)
                 # small request/reply packets: without this, Nagle + delayed ACK add ~40 ms to
                 # every channel open
@@ -321,13 +427,50 @@ class Pool:
         return [n for n in self.nodes if n in self.clients]
 
     def close(self) -> None:
-        for sftp in self._sftp.values():
-            sftp.close()
-        for client in self.clients.values():
+        """Stop commands still running on the hosts, close every connection, never wait for
+        the thread pool."""
+        self._closing.set()
+        self._stop_remote()
+        for sftp in list(self._sftp.values()):
+            try:
+                sftp.close()
+            except Exception:  # noqa: BLE001 - closing anyway
+                pass
+        for client in list(self.clients.values()):
             client.close()
         self._sftp.clear()
         self.clients.clear()
-        self._pool.shutdown(wait=False)
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+    def _stop_remote(self, grace: float = 0.3) -> None:
+        """Kill the process group of every command in flight, all hosts at once."""
+        with self._running_lock:
+            running = [(host, pids[0]) for host, pids in self._running.values() if pids]
+        by_host: dict[str, list[int]] = {}
+        for host, pid in running:
+            by_host.setdefault(host, []).append(pid)
+
+        def kill(host: str, pids: list[int]) -> None:
+            groups = " ".join(f"-{p}" for p in pids)
+            script = (f"kill -TERM -- {groups} 2>/dev/null; sleep {grace}; "
+                      f"kill -KILL -- {groups} 2>/dev/null; true")
+            try:
+                transport = self.clients[host].get_transport()
+                chan = transport.open_session(timeout=2)
+                chan.settimeout(grace + 2)
+                chan.exec_command(script)
+                chan.recv_exit_status()
+                chan.close()
+            except Exception as e:  # noqa: BLE001 - best effort while closing
+                log.info("%s: could not stop remote commands: %s", host, e)
+
+        threads = [threading.Thread(target=kill, args=item, daemon=True)
+                   for item in by_host.items() if item[0] in self.clients]
+        for t in threads:
+            t.start()
+        deadline = time.monotonic() + grace + 2.5
+        for t in threads:
+            t.join(max(0.0, deadline - time.monotonic()))
 
     def __enter__(self) -> "Pool":
         return self
@@ -353,7 +496,15 @@ class Pool:
             return self.run_one(name, c, data, timeout)
 
         futures = {n: self._pool.submit(one, n) for n in names}
-        return {n: f.result() for n, f in futures.items()}
+        return self._results(futures)
+
+    def _results(self, futures: dict) -> dict:
+        """Wait for every future; on Ctrl-C (or any exception here) stop everything at once."""
+        try:
+            return {n: f.result() for n, f in futures.items()}
+        except BaseException:
+            self.close()
+            raise
 
     def run_one(self, name: str, cmd: str, stdin: bytes | str | None = None,
                 timeout: float | None = None) -> Result:
@@ -367,16 +518,27 @@ class Pool:
             transport = self.clients[name].get_transport()
             if transport is None or not transport.is_active():
                 return Result(None, error=f"{name}: connection lost")
+            if self._closing.is_set():
+                return Result(None, error=f"{name}: interrupted", started=started)
             chan = transport.open_session(timeout=self.connect_timeout)
+            pid: list[int] = []
+            with self._running_lock:
+                self._running[id(chan)] = (name, pid)
             try:
-                chan.exec_command(cmd)
-                rc, out, err, timed_out = _exchange(chan, stdin, start + timeout)
+                # the first line of stdout is the session's pid (see the module docstring)
+                chan.exec_command("echo $$\n" + cmd)
+                rc, out, err, timed_out = _exchange(chan, stdin, start + timeout, pid,
+                                                    self._closing)
             finally:
+                with self._running_lock:
+                    self._running.pop(id(chan), None)
                 chan.close()
         except (paramiko.SSHException, OSError, EOFError) as e:
             return Result(None, error=f"{name}: {e or type(e).__name__}",
                           seconds=time.monotonic() - start, started=started)
         seconds = time.monotonic() - start
+        if self._closing.is_set() and rc is None:
+            return Result(None, error=f"{name}: interrupted", seconds=seconds, started=started)
         out_s, err_s = out.decode(errors="replace"), err.decode(errors="replace")
         if timed_out:
             return Result(None, out_s, err_s, seconds, f"{name}: timed out after {timeout:.0f} s", started)
@@ -448,7 +610,7 @@ class Pool:
                 return PutResult(error=f"{host}: {e}")
 
         futures = {h: self._pool.submit(one, h) for h in files}
-        return {h: f.result() for h, f in futures.items()}
+        return self._results(futures)
 
     def _sftp_for(self, host: str) -> paramiko.SFTPClient:
         sftp = self._sftp.get(host)
@@ -505,18 +667,31 @@ def _makedirs(sftp: paramiko.SFTPClient, directory: str) -> None:
         sftp.mkdir(d, 0o755)
 
 
-def _exchange(chan: paramiko.Channel, stdin: bytes | str | None, deadline: float):
-    """Feed stdin and read stdout/stderr together until EOF; (rc, out, err, timed_out)."""
+def _exchange(chan: paramiko.Channel, stdin: bytes | str | None, deadline: float,
+              pid: list | None = None, stop: threading.Event | None = None):
+    """Feed stdin and read stdout/stderr together until EOF; (rc, out, err, timed_out).
+
+    With `pid` (a list), the first line of stdout is the remote shell's pid: it is appended to
+    `pid` as soon as it arrives and left out of `out`. `stop` set: give up at once."""
     data = stdin.encode() if isinstance(stdin, str) else (stdin or b"")
     sent = 0
     if not data:
         chan.shutdown_write()
     out, err = bytearray(), bytearray()
+    head = pid is not None
     while True:
         progressed = False
         while chan.recv_ready():
             out += chan.recv(BUFSIZE)
             progressed = True
+            if head and b"\n" in out:
+                line, _, rest = bytes(out).partition(b"\n")
+                out = bytearray(rest)
+                head = False
+                if line.strip().isdigit():
+                    pid.append(int(line))
+        if stop is not None and stop.is_set():
+            return None, bytes(out), bytes(err), False
         while chan.recv_stderr_ready():
             err += chan.recv_stderr(BUFSIZE)
             progressed = True
@@ -531,6 +706,8 @@ def _exchange(chan: paramiko.Channel, stdin: bytes | str | None, deadline: float
             return None, bytes(out), bytes(err), True
         if not progressed:
             select.select([chan], [], [], 0.01 if sent < len(data) else 0.5)
+    if head and bytes(out).strip().isdigit():  # only the pid line, without its newline
+        out = bytearray()
     remaining = max(0.0, deadline - time.monotonic())
     if not chan.status_event.wait(min(remaining, 30)):
         return None, bytes(out), bytes(err), True

@@ -7,10 +7,15 @@ the dotted key and line a problem names (see `inventory.Where`).
 Decisions worth knowing:
 - `ansible_host` must be an IP address, not a DNS name: it becomes the node's advertise
   address, its etcd peer URL and an IP SAN of the certificates.
-- The API VIP must share a /24 (IPv4) or /64 (IPv6) with at least one host that holds it: a
-  control plane (kube-vip) or a load balancer (haproxy + keepalived). Both announce it on the
-  local segment, so a VIP in another subnet is unreachable.
-- Each node needs one pod subnet of /24 (IPv4) or /64 (IPv6), the kubeadm and k3s default.
+- The API VIP must share a /24 with at least one host that holds it: a control plane
+  (kube-vip) or a load balancer (haproxy + keepalived). Both announce it on the local segment,
+  so a VIP in another subnet is unreachable. So the .0 and .255 of that /24 are refused too.
+- Each node needs one pod subnet of /24, the kubeadm and k3s default.
+- IPv4 only: IPv6 single-stack is not supported yet (templates, the VIP and the pod subnets
+  have never been checked with it), so IPv6 node addresses, VIPs and networks are refused with
+  one message per key instead of being half-supported.
+- The cluster networks may not touch special IPv4 ranges (0/8, loopback, link-local,
+  multicast, 240/4): the kernel routes them specially or not at all.
 """
 
 from __future__ import annotations
@@ -34,13 +39,29 @@ TAINT_EFFECTS = ("NoSchedule", "PreferNoSchedule", "NoExecute")
 # Minor versions whose kubeadm speaks v1beta4 (1.31+) and that the provisioner was checked with.
 SUPPORTED_MINORS = ("1.31", "1.32", "1.33", "1.34")
 VERSION = {
-    "kubeadm": re.compile(r"^v1\.(\d+)\.(\d+)$"),
-    "k3s": re.compile(r"^v1\.(\d+)\.(\d+)\+k3s\d+$"),
+    "kubeadm": re.compile(r"^v1\.(0|[1-9]\d*)\.(0|[1-9]\d*)$"),
+    "k3s": re.compile(r"^v1\.(0|[1-9]\d*)\.(0|[1-9]\d*)\+k3s[1-9]\d*$"),
 }
 VERSION_EXAMPLE = {"kubeadm": "v1.32.4", "k3s": "v1.32.4+k3s1"}
 
-# Ports of the components besides the API server (kubelet, controller-manager, scheduler, etcd).
+# Ports of the components besides the API server (kubelet, controller-manager, scheduler, etcd,
+# kube-proxy's health and metrics ports, the kubelet's health port).
 KUBELET, CONTROLLER, SCHEDULER, ETCD_PORTS = 10250, 10257, 10259, (2379, 2380)
+KUBE_PROXY_PORTS, KUBELET_HEALTHZ = (10249, 10256), 10248
+# IPv4 ranges a cluster network may not touch: what the kernel routes specially or not at all.
+SPECIAL_NETS = {
+    "0.0.0.0/8": "'this network' (0.0.0.0/8)",
+    "127.0.0.0/8": "loopback (127.0.0.0/8)",
+    "169.254.0.0/16": "link-local (169.254.0.0/16)",
+    "224.0.0.0/4": "multicast (224.0.0.0/4)",
+    "240.0.0.0/4": "reserved (240.0.0.0/4, with the broadcast address)",
+}
+IPV6 = "IPv6 single-stack is not supported yet (IPv4 only)"
+# A container image reference: [host[:port]/]path[:tag][@sha256:digest].
+_DOMAIN = r"(?:[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?)(?:\.[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?)*"
+_PATH = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
+IMAGE = re.compile(rf"^(?:{_DOMAIN}(?::(?P<port>\d{{1,5}}))?/)?{_PATH}(?:/{_PATH})*"
+                   r"(?::[\w][\w.-]{0,127})?(?:@sha256:[a-f0-9]{64})?$")
 NODE_MASK = {4: 24, 6: 64}  # the pod subnet each node gets (kubeadm and k3s defaults)
 VIP_SEGMENT = {4: 24, 6: 64}  # the VIP must be in this prefix of a host that announces it
 MAX_SERVICE_BITS = 20  # kube-apiserver refuses a service network larger than 2^20 addresses
@@ -101,8 +122,33 @@ def address(value: str | None) -> Addr | None:
 
 
 def is_url(value) -> bool:
-    u = urlparse(value) if isinstance(value, str) else None
-    return bool(u and u.scheme in ("http", "https") and u.hostname and " " not in value)
+    return url_problem(value) is None
+
+
+def url_problem(value) -> tuple[str, str] | None:
+    """(message, fix) when `value` is not a plain http(s) base URL, else None."""
+    example = "write it like https://mirror.example.com/path"
+    if not isinstance(value, str):
+        return f"{value!r} is not an http(s) URL", example
+    if any(ch.isspace() or ord(ch) < 32 or ord(ch) == 127 for ch in value):
+        return f"{value!r} contains a space, newline or control character", example
+    u = urlparse(value)
+    if u.scheme not in ("http", "https") or not u.hostname:
+        return f"{value!r} is not an http(s) URL", example
+    if "@" in u.netloc:
+        return ("credentials in a mirror URL are not supported: they would be written into "
+                "files every user on the nodes can read", "remove user:password@ from the URL; "
+                "use a mirror that allows anonymous pulls, or set up its credentials on the "
+                "nodes yourself")
+    try:
+        port = u.port
+    except ValueError:
+        port = -1
+    if port is not None and not 1 <= port <= 65535:
+        return f"{value!r} has an invalid port", "use a port from 1 to 65535"
+    if u.query or u.fragment or "?" in value or "#" in value:
+        return f"{value!r} has a query string or fragment", "remove what follows '?' or '#'"
+    return None
 
 
 def names(nodes: Iterable[Node], limit: int = 4) -> str:
@@ -143,7 +189,7 @@ def nets(cluster: Cluster) -> dict[str, Net]:
     out = {}
     for key in ("pod_cidr", "service_cidr"):
         net = network(getattr(cluster, key))
-        if net:
+        if net and net.version == 4:  # IPv6 is refused by check_ipv6
             out[key] = net
     return out
 
@@ -171,6 +217,9 @@ def check_version(cluster: Cluster, where) -> Iterable[Problem]:
     elif VERSION[dist].match("v" + version):
         yield problem(where, "kubernetes_version", f"{version!r} lacks the leading 'v'",
                       f"did you mean 'v{version}'?")
+    elif VERSION[dist].match(fixed := re.sub(r"(?<=[.])0+(?=\d)", "", version)):
+        yield problem(where, "kubernetes_version", f"{version!r} has a leading zero",
+                      f"did you mean {fixed!r}?")
     else:
         yield problem(where, "kubernetes_version", f"{version!r} is not a {dist} version",
                       f"write it like {VERSION_EXAMPLE[dist]}")
@@ -205,6 +254,10 @@ def check_host_names(cluster: Cluster, where) -> Iterable[Problem]:
             yield problem(where, None, f"host name {n.name!r} is not a valid node name",
                           "use lowercase letters, digits and '-', at most 63 per dot-separated "
                           f"part, e.g. {_rfc1123_guess(n.name)!r}", host=n.name)
+        elif labels[0] == "localhost":
+            yield problem(where, None, f"host name {n.name!r} is reserved: every machine "
+                          "resolves localhost to itself", "name the host after the machine, "
+                          "e.g. node1", host=n.name)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -222,9 +275,14 @@ def check_addresses(cluster: Cluster, where) -> Iterable[Problem]:
             yield problem(where, "ansible_host", f"{n.address!r} is not an IP address",
                           "write the node's IP address; DNS names are not accepted since the "
                           "address goes into certificates and etcd URLs", host=n.name)
-        elif ip.is_unspecified or ip.is_multicast:
-            yield problem(where, "ansible_host", f"{n.address} cannot be a node address",
-                          "write the node's own unicast IP address", host=n.name)
+        elif ip.version == 6:
+            continue  # reported by check_ipv6
+        elif ip.is_unspecified or ip.is_multicast or ip.is_reserved or ip.is_link_local or (
+                ip in ipaddress.ip_network("0.0.0.0/8")):
+            what = ("the broadcast address" if ip == ipaddress.ip_address("255.255.255.255")
+                    else "not a unicast host address")
+            yield problem(where, "ansible_host", f"{n.address} cannot be a node address: it "
+                          f"is {what}", "write the node's own unicast IP address", host=n.name)
         elif ip.is_loopback and len(cluster.nodes) > 1:
             yield problem(where, "ansible_host", f"{n.address} is a loopback address",
                           "other nodes cannot reach it: write the node's address on the network "
@@ -260,24 +318,36 @@ def check_cidrs(cluster: Cluster, where) -> Iterable[Problem]:
                               "write a network like 10.244.0.0/16")
             else:
                 yield problem(where, key, f"{value} has host bits set", f"did you mean {net}?")
+            continue
+        net = ipaddress.ip_network(value)
+        if net.version != 4:
+            continue  # reported by check_ipv6
+        for special, what in SPECIAL_NETS.items():
+            if net.overlaps(ipaddress.ip_network(special)):
+                yield problem(where, key, f"{net} overlaps {what}",
+                              "use a private network such as 10.244.0.0/16 (pods) or "
+                              "10.96.0.0/12 (services)")
+                break
 
 
-def check_families(cluster: Cluster, where) -> Iterable[Problem]:
-    found = nets(cluster)
-    pod, svc = found.get("pod_cidr"), found.get("service_cidr")
-    if pod and svc and pod.version != svc.version:
-        yield problem(where, "service_cidr", f"service_cidr is IPv{svc.version} but pod_cidr is "
-                      f"IPv{pod.version}", "use one address family for both; dual stack is not "
-                      "supported")
-    ref = svc or pod
-    if ref is None:
-        return
+def check_ipv6(cluster: Cluster, where) -> Iterable[Problem]:
+    """One message per key that holds an IPv6 value: not half-supported, refused."""
+    for key in ("pod_cidr", "service_cidr"):
+        value = getattr(cluster, key)
+        net = network(value)
+        if (net and net.version == 6) or (net is None and ":" in value):
+            yield problem(where, key, f"{value} is an IPv6 network: {IPV6}",
+                          "use an IPv4 network, e.g. 10.244.0.0/16 (pods) and 10.96.0.0/12 "
+                          "(services)")
+    vip = address(cluster.api_vip)
+    if vip and vip.version == 6:
+        yield problem(where, "api_vip", f"{vip} is an IPv6 address: {IPV6}",
+                      "use a free IPv4 address on the hosts' network")
     for n in cluster.nodes:
         ip = address(n.address)
-        if ip and ip.version != ref.version:
-            yield problem(where, "ansible_host", f"{n.address} is IPv{ip.version} but the cluster "
-                          f"networks are IPv{ref.version}", "use node addresses of the cluster "
-                          "networks' family", host=n.name)
+        if ip and ip.version == 6:
+            yield problem(where, "ansible_host", f"{n.address} is an IPv6 address: {IPV6}",
+                          "use the node's IPv4 address", host=n.name)
 
 
 def check_overlaps(cluster: Cluster, where) -> Iterable[Problem]:
@@ -380,6 +450,18 @@ def check_vip_address(cluster: Cluster, where) -> Iterable[Problem]:
         yield problem(where, "api_vip", f"{cluster.api_vip!r} is not an IP address",
                       "write a free IP address on the hosts' network")
         return
+    if vip.version == 6:
+        return  # reported by check_ipv6
+    if (vip.is_unspecified or vip.is_multicast or vip.is_reserved or vip.is_loopback
+            or vip.is_link_local or vip in ipaddress.ip_network("0.0.0.0/8")):
+        yield problem(where, "api_vip", f"api_vip {vip} is not a unicast host address",
+                      "write a free IP address on the hosts' network")
+        return
+    segment24 = ipaddress.ip_network(f"{vip}/24", strict=False)
+    if vip in (segment24.network_address, segment24.broadcast_address):
+        yield problem(where, "api_vip", f"api_vip {vip} is the network or broadcast address of "
+                      f"{segment24}", "pick a free host address in that network")
+        return
     owner = next((n for n in cluster.nodes if address(n.address) == vip), None)
     if owner:
         yield problem(where, "api_vip", f"api_vip {vip} is {owner.name}'s address",
@@ -442,11 +524,22 @@ def check_keepalived_priority(cluster: Cluster, where) -> Iterable[Problem]:
         elif not 1 <= prio <= 254:
             yield problem(where, "keepalived_priority", f"{prio} is out of range",
                           "use 1 to 254; the higher one holds the VIP", host=n.name)
+    if cluster.ha_mode != "haproxy":
+        return
+    for i, n in enumerate(cluster.loadbalancers):  # render.keepalived_priority's default
+        if n.keepalived_priority is None and DEFAULT_PRIORITY - PRIORITY_STEP * i < 1:
+            yield problem(where, "keepalived_priority", f"load balancer number {i + 1} would get "
+                          f"keepalived priority {DEFAULT_PRIORITY - PRIORITY_STEP * i} by default "
+                          "(150 minus 10 per load balancer before it), below keepalived's 1",
+                          "set keepalived_priority (1 to 254) on this host", host=n.name)
 
 
 # ---------------------------------------------------------------------------------------------
 # Ports
 # ---------------------------------------------------------------------------------------------
+
+
+DEFAULT_PRIORITY, PRIORITY_STEP = 150, 10  # render.keepalived_priority
 
 
 def check_port_ranges(cluster: Cluster, where) -> Iterable[Problem]:
@@ -469,7 +562,10 @@ def ports_on(cluster: Cluster, node: Node) -> list[tuple[int, str]]:
     if node in etcd:
         ports += [(p, "etcd") for p in ETCD_PORTS]
     if node.has(CONTROL_PLANE) or node.has(WORKERS):
-        ports.append((KUBELET, "kubelet"))
+        ports += [(KUBELET, "kubelet"), (KUBELET_HEALTHZ, "kubelet")]
+        ports += [(p, "kube-proxy") for p in KUBE_PROXY_PORTS]
+    if node.has(CONTROL_PLANE) or node.has(LOADBALANCERS):
+        ports.append((node.ssh_port, "sshd"))
     if node.has(LOADBALANCERS) and cluster.ha_mode == "haproxy":
         ports.append((cluster.api_port, "haproxy"))
     return ports
@@ -504,7 +600,8 @@ def check_port_clash(cluster: Cluster, where) -> Iterable[Problem]:
 def check_registry_mirrors(cluster: Cluster, where) -> Iterable[Problem]:
     for registry, urls in cluster.registry_mirrors.items():
         if not isinstance(registry, str) or "://" in registry or not re.match(
-                r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?(:\d{1,5})?$", registry):
+                r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?(:\d{1,5})?$", registry) or (
+                ":" in registry and not 1 <= int(registry.rsplit(":", 1)[1]) <= 65535):
             host = urlparse(registry).netloc if isinstance(registry, str) else ""
             yield problem(where, "registry_mirrors", f"{registry!r} is not a registry host name",
                           f"write the registry as host[:port], e.g. {host or 'docker.io'}",
@@ -517,17 +614,17 @@ def check_registry_mirrors(cluster: Cluster, where) -> Iterable[Problem]:
                           sub=(registry,))
             continue
         for i, url in enumerate(urls):
-            if not is_url(url):
-                yield problem(where, "registry_mirrors", f"{url!r} is not an http(s) URL",
-                              "write it like https://mirror.example.com", sub=(registry, i))
+            why = url_problem(url)
+            if why:
+                yield problem(where, "registry_mirrors", *why, sub=(registry, i))
 
 
 def check_download_mirror(cluster: Cluster, where) -> Iterable[Problem]:
     for key in ("download_mirror", "github_mirror"):
         value = getattr(cluster, key)
-        if not is_url(value):
-            yield problem(where, key, f"{value!r} is not an http(s) URL",
-                          "write it like https://mirror.example.com/path")
+        why = url_problem(value)
+        if why:
+            yield problem(where, key, *why)
 
 
 def check_bundle_dir(cluster: Cluster, where) -> Iterable[Problem]:
@@ -535,6 +632,36 @@ def check_bundle_dir(cluster: Cluster, where) -> Iterable[Problem]:
         what = "is a file, not a folder" if os.path.exists(cluster.bundle_dir) else "does not exist"
         yield problem(where, "bundle_dir", f"{cluster.bundle_dir} {what} (relative to "
                       f"{os.getcwd()})", "run `invoke bundle.fetch` to make it, or fix the path")
+
+
+def check_state_dir(cluster: Cluster, where) -> Iterable[Problem]:
+    """The state folder (and the cluster's folder in it) must be folders, or creatable."""
+    env = os.environ.get("PROVISIONER_STATE_DIR")
+    base = env or cluster.state_dir
+    named = "$PROVISIONER_STATE_DIR" if env else "state_dir"
+    if not base.strip() or "\0" in base:
+        yield problem(where, "state_dir", f"{named} {base!r} is not a folder name",
+                      "write a folder path, e.g. state")
+        return
+    path = os.path.join(base, cluster.cluster_name)
+    while path and not os.path.lexists(path):
+        parent = os.path.dirname(path)
+        if parent == path:
+            break
+        path = parent
+    if path and os.path.lexists(path) and not os.path.isdir(path):
+        via = "$PROVISIONER_STATE_DIR: " if env else ""
+        yield problem(where, "state_dir", f"{via}{path} is a file, not a folder (relative to "
+                      f"{os.getcwd()})", f"point {named} at a folder, or move the file away")
+
+
+def check_sandbox_image(cluster: Cluster, where) -> Iterable[Problem]:
+    image = cluster.sandbox_image
+    m = IMAGE.match(image)
+    if not image or len(image) > 255 or not m or (
+            m["port"] and not 1 <= int(m["port"]) <= 65535):
+        yield problem(where, "sandbox_image", f"{image!r} is not an image reference",
+                      "write it like registry.k8s.io/pause:3.10")
 
 
 def check_interfaces(cluster: Cluster, where) -> Iterable[Problem]:
@@ -560,7 +687,16 @@ def check_interfaces(cluster: Cluster, where) -> Iterable[Problem]:
 
 def check_taints(cluster: Cluster, where) -> Iterable[Problem]:
     for n in cluster.nodes:
+        seen: dict[tuple, int] = {}
         for i, taint in enumerate(n.taints):
+            m = TAINT.match(taint) if isinstance(taint, str) else None
+            if m and (m["key"], m["effect"]) in seen:
+                yield problem(where, "node_taints", f"taint {m['key']}:{m['effect']} is given "
+                              f"twice (also item {seen[m['key'], m['effect']] + 1})",
+                              "keep one taint per key and effect", host=n.name, sub=(i,))
+                continue
+            if m:
+                seen[m["key"], m["effect"]] = i
             m = TAINT.match(taint) if isinstance(taint, str) else None
             if not m:
                 yield problem(where, "node_taints", f"{taint!r} is not a taint",
@@ -584,6 +720,9 @@ def check_labels(cluster: Cluster, where) -> Iterable[Problem]:
             if why:
                 yield problem(where, "node_labels", why, "write the key like example.com/role "
                               "or role", **at)
+            elif value is None:
+                yield problem(where, "node_labels", "label value is empty (YAML reads a missing "
+                              "value as null)", "write the value, or '' for an empty one", **at)
             elif not isinstance(value, str):
                 text = str(value).lower() if isinstance(value, bool) else value
                 yield problem(where, "node_labels", f"label value {value!r} must be a string",
@@ -615,7 +754,7 @@ CHECKS = [
     check_addresses,
     check_duplicate_addresses,
     check_cidrs,
-    check_families,
+    check_ipv6,
     check_overlaps,
     check_pod_cidr_size,
     check_service_cidr_size,
@@ -633,6 +772,8 @@ CHECKS = [
     check_registry_mirrors,
     check_download_mirror,
     check_bundle_dir,
+    check_state_dir,
+    check_sandbox_image,
     check_interfaces,
     check_taints,
     check_labels,

@@ -33,8 +33,9 @@ def rel(path: Path) -> str:
 
 
 def expectations(path: Path) -> list[str]:
+    text = path.read_bytes().decode("utf-8", errors="replace")  # some cases are not UTF-8
     return [line.split("# expect:", 1)[1].strip()
-            for line in path.read_text().splitlines() if line.startswith("# expect:")]
+            for line in text.splitlines() if line.startswith("# expect:")]
 
 
 def problems_of(path: Path, check=None) -> list[str]:
@@ -57,7 +58,7 @@ def test_corpus_is_large_and_well_formed():
     assert all(re.match(r"^\d{3}-[a-z0-9-]+\.yml$", n) for n in names), names
     assert len({n[:3] for n in names}) == len(names), "numbers must be unique"
     for path in BAD:
-        assert path.read_text().startswith("# expect: "), path.name
+        assert path.read_bytes().startswith(b"# expect: "), path.name
 
 
 @pytest.mark.parametrize("path", BAD, ids=lambda p: p.stem)
@@ -207,3 +208,77 @@ def test_ansible_reads_the_same_hosts_and_groups(path):
         assert hostvars[n.name]["ansible_host"] == n.address
         assert hostvars[n.name].get("ansible_port", 22) == n.ssh_port
         assert hostvars[n.name].get("ansible_user", "root") == n.ssh_user
+
+
+# --- reading hostile files: a clear FILE:LINE error, never a traceback or a hang -------------
+
+
+def one_problem(tmp_path, data: bytes) -> str:
+    f = tmp_path / "inv.yml"
+    f.write_bytes(data)
+    with pytest.raises(InvalidInventory) as e:
+        inventory.load(f)
+    lines = [str(p) for p in e.value.problems]
+    assert all(LINE.match(line) and line.startswith(f"{f}:") for line in lines), lines
+    return "\n".join(lines)
+
+
+def test_utf16_with_a_bom(tmp_path):
+    data = (ROOT / "inventories/single.yml").read_text().encode("utf-16")
+    assert ":1: file: the file is UTF-16 text" in one_problem(tmp_path, data)
+
+
+def test_utf16_without_a_bom_is_caught_by_its_nul_bytes(tmp_path):
+    data = (ROOT / "inventories/single.yml").read_text().encode("utf-16-le")
+    assert ":1: file: a NUL byte" in one_problem(tmp_path, data)
+
+
+def test_a_utf8_bom_is_fine(tmp_path):
+    f = tmp_path / "bom.yml"
+    f.write_bytes(b"\xef\xbb\xbf" + (ROOT / "inventories/single.yml").read_bytes())
+    assert inventory.load(f).cluster_name == "single"
+
+
+@pytest.mark.parametrize("depth", [3000, 100_000])
+def test_deep_nesting_block_and_flow(tmp_path, depth):
+    flow = b"all:\n  vars:\n    x: " + b"[" * depth + b"]" * depth + b"\n"
+    assert ":3: yaml: nested deeper than" in one_problem(tmp_path, flow)
+    block = "all:\n" + "".join("  " * i + f"k{i}:\n" for i in range(1, min(depth, 3000)))
+    assert "yaml: nested deeper than" in one_problem(tmp_path, block.encode())
+
+
+def test_alias_bombs_stop_quickly(tmp_path):
+    """The issue's 405-byte file took 51 s and 2.4 GB; the 455-byte one ran out of memory."""
+    import time
+
+    for levels in (9, 10, 30):
+        text = 'a0: &a0 ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]\n' + "".join(
+            f"a{i}: &a{i} [{','.join([f'*a{i - 1}'] * 9)}]\n" for i in range(1, levels))
+        text += f"all: *a{levels - 1}\n"
+        start = time.monotonic()
+        assert "yaml: the file expands to more than" in one_problem(tmp_path, text.encode())
+        assert time.monotonic() - start < 3
+
+
+def test_recursive_alias_in_a_merge_key(tmp_path):
+    text = b"all: &a\n  vars:\n    <<: *a\n"
+    assert "recursive alias" in one_problem(tmp_path, text)
+
+
+def test_merge_keys_are_read_like_ansible_does():
+    c = inventory.load("tests/data/good/merge-keys.yml")
+    w1, w2 = c.node("w1"), c.node("w2")
+    assert (w1.address, w1.labels) == ("192.168.56.21", {"tier": "base"})
+    assert (w2.address, w2.labels) == ("192.168.56.22", {"tier": "db"})
+    where = where_of("tests/data/good/merge-keys.yml")
+    assert where.host("w1", "ansible_host")[1] == 16  # the key written there, not the anchor's
+    assert where.host("w1", "node_labels")[1] == 11  # merged: the anchor's line
+
+
+def test_state_dir_from_the_environment_pointing_at_a_file(tmp_path, monkeypatch):
+    f = tmp_path / "afile"
+    f.write_text("x")
+    monkeypatch.setenv("PROVISIONER_STATE_DIR", str(f))
+    with pytest.raises(InvalidInventory) as e:
+        inventory.load("inventories/single.yml")
+    assert f"$PROVISIONER_STATE_DIR: {f} is a file, not a folder" in str(e.value)

@@ -207,3 +207,41 @@ def test_retries_connections_dropped_by_maxstartups(sshd_hosts, tmp_path):
         assert "past MaxStartups" in busy.log(0)  # sshd did drop some: the retries were needed
     finally:
         busy.stop()
+
+
+def _remote_running(marker: str) -> list[str]:
+    """The sshd hosts are this machine: their commands show up in our process table."""
+    import subprocess
+
+    r = subprocess.run(["pgrep", "-f", marker], capture_output=True, text=True)
+    return r.stdout.split()
+
+
+def test_ctrl_c_stops_remote_commands_and_returns_promptly(sshd_hosts, known):
+    import random
+    import signal
+    import threading
+
+    marker = f"600.{random.randrange(10**6, 10**7)}"
+    with Pool(nodes_of(sshd_hosts[:3]), known) as pool:
+        timer = threading.Timer(1.0, os.kill, (os.getpid(), signal.SIGINT))
+        timer.start()
+        start = time.monotonic()
+        with pytest.raises(KeyboardInterrupt):
+            pool.run(f"sleep {marker}; echo never")
+        elapsed = time.monotonic() - start
+        timer.cancel()
+        assert pool.clients == {}  # closed on the way out
+    assert elapsed < 3, f"took {elapsed:.1f} s to stop"
+    deadline = time.monotonic() + 2
+    while _remote_running(f"sleep {marker}") and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert _remote_running(f"sleep {marker}") == []
+
+
+def test_first_line_of_pid_is_not_in_stdout(sshd_hosts, known):
+    with Pool(nodes_of(sshd_hosts[:1]), known) as pool:
+        assert pool.run_one("h1", "printf x").stdout == "x"
+        assert pool.run_one("h1", "true").stdout == ""
+        r = pool.run_one("h1", "echo a; echo b >&2; exit 3")
+        assert (r.rc, r.stdout, r.stderr) == (3, "a\n", "b\n")

@@ -23,6 +23,8 @@ def user_errors(fn):
             print(str(e), file=sys.stderr)
             raise Exit(code=2) from None
         except KeyboardInterrupt:
-            raise Exit("interrupted", code=130) from None
+            # the SSH pool has stopped its remote commands on the way out (ssh.Pool.close)
+            print("interrupted", file=sys.stderr, flush=True)
+            raise Exit(code=130) from None
 
     return wrapper
