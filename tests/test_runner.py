@@ -60,7 +60,7 @@ def test_ping_every_host_and_inventory(sshd_hosts, env):  # noqa: F811
     assert sorted(inv["children"]["workers"]["hosts"]) == ["h3"]
     assert inv["children"]["loadbalancers"]["hosts"] == {}
     assert stat.S_IMODE((run_dir / "env" / "extravars").stat().st_mode) == 0o600
-    assert "ping hosts" in result.log_path.read_text()
+    assert "Ping hosts" in result.log_path.read_text()
 
 
 def test_changed_counts_failure_record_and_progress_lines(sshd_hosts, env, tmp_path):  # noqa: F811
