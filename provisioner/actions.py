@@ -53,6 +53,7 @@ class Run:
     ctx: ph.Context
     pool: object = None
     progress: object = None
+    phases: tuple = UP  # the action's phases: what the probe reads for
 
     # -- building the context (call with the state lock held) --------------------------------
     @classmethod
@@ -88,7 +89,7 @@ class Run:
         for name in names:
             node = self.cluster.node(name)
             files, cmds = set(), {}
-            for phase in UP:
+            for phase in dict.fromkeys(UP + tuple(self.phases)):
                 if node not in phase.hosts(self.cluster):
                     continue
                 files.update(i.path for i in self.ctx.files(phase, node))
@@ -312,7 +313,7 @@ def phases_from(start: str | None, phases=UP) -> list[ph.Phase]:
 
 @contextmanager
 def session(cluster: Cluster, bundle_dir=None, progress=None, shared=False, trust_new=False,
-            survey=True):
+            survey=True, phases=UP):
     """A Run with the cluster lock held (shared for read-only actions), connected and, with
     `survey`, probed and preflighted. Secrets and PKI are made (or read) under the exclusive
     lock, held just for that by read-only actions."""
@@ -326,6 +327,7 @@ def session(cluster: Cluster, bundle_dir=None, progress=None, shared=False, trus
     with held:
         if not shared:
             run = Run.prepare(cluster, bundle_dir, progress=progress)
+        run.phases = tuple(phases)
         try:
             if survey:
                 run.survey(trust_new)
@@ -340,7 +342,7 @@ def plan(cluster: Cluster, bundle_dir=None, start=None, trust_new=False, phases=
          ) -> tuple[Run, list]:
     """The dry run: what each phase would change on each host, and the run that found it."""
     todo = phases_from(start, phases)
-    with session(cluster, bundle_dir, shared=True, trust_new=trust_new) as run:
+    with session(cluster, bundle_dir, shared=True, trust_new=trust_new, phases=phases) as run:
         return run, run.plan(todo)
 
 
@@ -350,7 +352,8 @@ def up(cluster: Cluster, bundle_dir=None, start=None, dry_run=False, trust_new=F
     if dry_run:
         return plan(cluster, bundle_dir, start, trust_new, phases)[1]
     todo = phases_from(start, phases)
-    with session(cluster, bundle_dir, progress=progress, trust_new=trust_new) as run:
+    with session(cluster, bundle_dir, progress=progress, trust_new=trust_new,
+                 phases=phases) as run:
         done = []
         for phase in todo:
             work = phase.work(run.ctx)  # fresh: earlier phases changed the facts
