@@ -37,6 +37,18 @@ CNI_BIN_DIR = "/opt/cni/bin"
 STAMP_DIR = "/var/lib/provisioner/phases"
 MARKER = "/etc/provisioner/cluster.json"
 
+# what a host of the cluster runs and keeps: `cluster.reset` (99-reset.yml) and remove-node
+# (34-reset-node.yml, which imports it) stop and remove exactly these; remove-node's end-state
+# probe reads them too
+ETCD_CONF = "/etc/etcd/etcd.conf.yml"
+KUBE_APISERVER_MANIFEST = "/etc/kubernetes/manifests/kube-apiserver.yaml"
+RESET_UNITS = ("k3s", "k3s-agent", "kubelet", "etcd", "keepalived", "haproxy")
+RESET_PATHS = ("/etc/kubernetes", "/var/lib/kubelet", "/var/lib/etcd/member", "/etc/etcd",
+               "/etc/systemd/system/etcd.service", "/etc/rancher", "/var/lib/rancher",
+               "/etc/cni/net.d", "/var/lib/provisioner", "/etc/haproxy/haproxy.cfg",
+               "/etc/keepalived/keepalived.conf", "/var/log/standin", "/var/log/provisioner",
+               "/etc/provisioner")
+
 SERVICES = ("containerd", "etcd", "haproxy", "keepalived", "kubelet", "k3s", "k3s-agent",
             "chrony")
 
@@ -56,4 +68,8 @@ PLAYBOOK_VARS = {
     "etcd_data": ETCD_DATA,
     "etcd_client_port": ETCD_CLIENT_PORT,
     "stamp_dir": STAMP_DIR,
+    "etcd_conf": ETCD_CONF,
+    "kube_apiserver_manifest": KUBE_APISERVER_MANIFEST,
+    "reset_units": list(RESET_UNITS),
+    "reset_paths": list(RESET_PATHS),
 }
