@@ -59,7 +59,10 @@ class Context:
     def files(self, phase: "Phase", node: Node) -> list[Item]:
         key = (phase.title, node.name)
         if key not in self._files:
-            self._files[key] = list(phase.files(self, node))
+            items = list(phase.files(self, node))
+            if phase.files_read_facts and node.name not in self.facts:
+                return items  # rendered again once the host's facts are in
+            self._files[key] = items
         return self._files[key]
 
     def command(self, node: Node, name: str) -> dict:
@@ -78,6 +81,7 @@ class Phase:
     playbook: str | None = None
     serial = False  # one host at a time (joining control planes)
     needs_bundle = False  # runs Kubernetes binaries: stops here without a bundle
+    files_read_facts = False  # files() depends on the probed facts (etcd: joining members)
 
     def hosts(self, c: Cluster) -> Iterable[Node]:
         return ()
