@@ -597,7 +597,8 @@ def init(tool: Tool, configs: dict, opts: dict) -> None:
             tool, server, cname, init=True, name=name))),
         ("etcd", lambda: write_files(tool, manifest_files(["etcd"] if local_etcd else []))),
         ("control-plane", lambda: write_files(tool, manifest_files(
-            control_plane_manifests(False)))),
+            control_plane_manifests(False), (((cluster.get("etcd") or {}).get("external") or {})
+                                             .get("endpoints"))))),
         ("kubelet-start", lambda: kubelet_start(tool, configs, node_reg, None, local_etcd)),
         ("wait-control-plane", lambda: tool.say(
             "[wait-control-plane] stand-in: nothing to wait for (no control plane runs)")),
@@ -720,16 +721,24 @@ def kubeconfig_files(tool: Tool, server: str, cname: str, init: bool,
     return files
 
 
-def manifest_files(names: list[str]) -> dict[str, tuple[str, int]]:
+def manifest_files(names: list[str], etcd_servers: list[str] | None = None
+                   ) -> dict[str, tuple[str, int]]:
+    """Placeholder static pods. The API server's command carries --etcd-servers as kubeadm
+    writes it from ClusterConfiguration.etcd.external.endpoints (init only: a joining control
+    plane would read them from the cluster, which the stand-in does not have)."""
     import yaml
 
     files = {}
     for m in names:
+        container = {"name": m, "image": "stand-in.invalid/" + m}
+        if m == "kube-apiserver":
+            container = {"command": [m] + ([f"--etcd-servers={','.join(etcd_servers)}"]
+                                           if etcd_servers else []), **container}
         pod = {"apiVersion": "v1", "kind": "Pod",
                "metadata": {"name": m, "namespace": "kube-system",
                             "annotations": {"stand-in": "not Kubernetes: placeholder written "
                                                         "by the kubeadm stand-in"}},
-               "spec": {"containers": [{"name": m, "image": "stand-in.invalid/" + m}]}}
+               "spec": {"containers": [container]}}
         files[f"{MANIFESTS}/{m}.yaml"] = (f"# {MARK}\n" + yaml.safe_dump(pod), 0o600)
     return files
 

@@ -17,6 +17,9 @@ k3s stand-in recorded on it (state.py):
 - `label node NAME k=v k- [--overwrite]`, `taint node NAME k=v:Effect k:Effect- [--overwrite]`:
   any NAME (the stand-in cannot know the cluster's other nodes), recorded per node name.
 
+- `cordon`, `uncordon`, `drain`, `delete node` of any node, and `get node OTHER` on a control
+  plane: see nodes.py (remove-node).
+
 Every other `get` (and wait, rollout, describe, cluster-info) fails: "stand-in: no API server".
 """
 
@@ -49,6 +52,18 @@ def main(tool: Tool, argv: list[str], log: str = "kubectl") -> int:
     if args[0] in ("get", "label", "taint"):
         try:
             rc = {"get": get, "label": label, "taint": taint}[args[0]](tool, opts, args[1:])
+        except Failed as e:
+            tool.record(argv, "error: " + str(e).splitlines()[0], log=log)
+            raise
+        tool.record(argv, "ok", log=log)
+        return rc
+    if args[0] in ("cordon", "uncordon", "drain", "delete"):  # other nodes: nodes.py
+        from . import nodes
+
+        verbs = {"cordon": nodes.cordon, "drain": nodes.drain, "delete": nodes.delete,
+                 "uncordon": lambda t, o, a: nodes.cordon(t, o, a, on=False)}
+        try:
+            rc = verbs[args[0]](tool, opts, args[1:])
         except Failed as e:
             tool.record(argv, "error: " + str(e).splitlines()[0], log=log)
             raise
@@ -221,6 +236,11 @@ def get(tool: Tool, opts: dict, args: list[str]) -> int:
         refused(tool, opts, not_reachable_reason(tool))
     ns = opts.get("namespace") or opts.get("n") or "default"
     have = existing(view)
+    if view["control_plane"] and view["api_up"]:  # other nodes: registered until deleted
+        from . import nodes
+
+        have |= {("nodes", "", n) for p, n in wanted
+                 if p == "nodes" and n != view["node"] and not nodes.deleted(tool, n)}
     missing = []
     for plural, name in wanted:
         kind = next(v for v in KINDS.values() if v[0] == plural)
