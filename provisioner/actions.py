@@ -362,6 +362,10 @@ def up(cluster: Cluster, bundle_dir=None, start=None, dry_run=False, trust_new=F
             if work:
                 run.apply(phase, work)
             done.append((phase, work))
+        if list(todo) == list(UP):  # a whole successful run: remember the cluster's hosts
+            from .removal import record_hosts
+
+            record_hosts(run.state, cluster)
         return done
 
 

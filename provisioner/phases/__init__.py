@@ -4,6 +4,11 @@
     → 07 join-control-plane → 08 join-workers → 09 cni → 10 addons → 11 node-meta
     → 12 kubeconfig
 
+Day 2, not in ALL (cluster.up's list): remove-node (provisioner/removal.py) binds each to the
+leaving host with `.on(node)`:
+
+    31 drain → 32 etcd-servers → 33 etcd-leave → 34 reset-node → 35 delete-node
+
 Actions (provisioner/actions.py) are ordered lists of these objects.
 """
 
@@ -31,9 +36,16 @@ ADDONS = _phase("10_addons")
 NODE_META = _phase("11_node_meta")
 KUBECONFIG = _phase("12_kubeconfig")
 
+DRAIN = _phase("31_drain")
+ETCD_SERVERS = _phase("32_etcd_servers")
+ETCD_LEAVE = _phase("33_etcd_leave")
+RESET_NODE = _phase("34_reset_node")
+DELETE_NODE = _phase("35_delete_node")
+
 ALL: tuple[Phase, ...] = (PREPARE, RUNTIME, ETCD, LOADBALANCER, BINARIES, CONTROL_PLANE,
                           JOIN_CONTROL_PLANE, JOIN_WORKERS, CNI, ADDONS, NODE_META, KUBECONFIG)
 
 __all__ = ["ALL", "Context", "Item", "Phase", "kubectl", "service_running"] + [
     "PREPARE", "RUNTIME", "ETCD", "LOADBALANCER", "BINARIES", "CONTROL_PLANE",
-    "JOIN_CONTROL_PLANE", "JOIN_WORKERS", "CNI", "ADDONS", "NODE_META", "KUBECONFIG"]
+    "JOIN_CONTROL_PLANE", "JOIN_WORKERS", "CNI", "ADDONS", "NODE_META", "KUBECONFIG",
+    "DRAIN", "ETCD_SERVERS", "ETCD_LEAVE", "RESET_NODE", "DELETE_NODE"]

@@ -79,6 +79,10 @@ def plan(c, inventory=DEFAULT_INVENTORY, bundle=None, from_=None, trust_new_host
                 print(f"  {state:<9} {path}  ({phase})")
     n = print_plan(result)
     print(f"{n} change(s) pending" if n else "cluster is converged: nothing to do")
+    from ..removal import strays
+
+    for line in strays(cluster):
+        print(f"WARNING: {line}")
 
 
 @task(help=helps("inventory", "bundle", "from_", "trust_new_hosts"))
@@ -218,3 +222,39 @@ def render(c, inventory=DEFAULT_INVENTORY, out=None):
                         "(choose another folder with -o)") from None
     print(f"wrote {len(written)} files for {len(files)} hosts to {target}/<host>/ "
           "(files holding secrets are 0600)")
+
+
+# -- day 2: remove a node (provisioner/removal.py) -----------------------------------------------
+
+@task(help={**helps("inventory", "bundle", "trust_new_hosts"),
+            "name": "the host to take out of the cluster (still in the inventory)",
+            "force": "drain past PodDisruptionBudgets and pods without a controller (deletes "
+                     "them); never past an etcd quorum or last-control-plane refusal",
+            "plan": "dry run: print what would be done, change nothing",
+            "drain_timeout": "seconds the drain may take (default 120)"})
+@user_errors
+def remove_node(c, name, inventory=DEFAULT_INVENTORY, force=False, plan=False, bundle=None,
+                drain_timeout=120, trust_new_hosts=False):
+    """Take NAME out of the cluster: drain, etcd member out, reset, Node deleted, backends updated."""
+    import time
+
+    from .. import removal
+    from ..progress import Progress
+
+    cluster = inv.load(inventory)
+    if plan:
+        result = removal.remove_node(cluster, name, bundle_dir=bundle, force=force, dry_run=True,
+                                     timeout=int(drain_timeout), trust_new=trust_new_hosts)
+        n = print_plan(result)
+        print(f"remove-node {name}: {n} change(s) would be made" if n else
+              f"{name} has left already: nothing to do; delete it from {inventory}")
+        return
+    start = time.monotonic()
+    with Progress() as progress:
+        result = removal.remove_node(cluster, name, bundle_dir=bundle, force=force,
+                                     timeout=int(drain_timeout), trust_new=trust_new_hosts,
+                                     progress=progress)
+    print_plan(result, verb="did")
+    print(f"{name} has left cluster {cluster.cluster_name} ({time.monotonic() - start:.1f} s). "
+          f"Now delete {name} from {inventory}; `invoke cluster.plan -i {inventory}` will then "
+          "show nothing to do.")

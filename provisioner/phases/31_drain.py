@@ -1,0 +1,57 @@
+"""Phase drain (remove-node) ↔ playbooks/31-drain.yml: cordon the leaving node and drain it
+with kubectl on the first control plane that stays. Respects PodDisruptionBudgets (eviction)
+until the timeout; `--force` deletes the pods instead (`--force --disable-eviction`). Done when
+nothing can run there any more: the node's kubelet (k3s: its k3s unit) is not running, i.e.
+it was drained and reset (phase reset-node), so a rerun after a failure drains again."""
+
+from __future__ import annotations
+
+from .. import paths
+from .base import kubectl
+from .removal_base import Removal
+
+
+def kube_unit(c, node) -> str:
+    if c.is_k3s:
+        return "k3s" if node.has("control_plane") else "k3s-agent"
+    return "kubelet"
+
+
+class Drain(Removal):
+    title = "drain"
+    playbook = "31-drain.yml"
+
+    def hosts(self, c):
+        return self.admin_host(c) if self.kube_node(c) else ()
+
+    def flags(self) -> list[str]:
+        out = ["--ignore-daemonsets", "--delete-emptydir-data", f"--timeout={self.timeout}s"]
+        return out + (["--force", "--disable-eviction"] if self.force else [])
+
+    def checks(self, ctx, node):
+        t = self.target
+        unit = kube_unit(ctx.cluster, t)
+        if ctx.facts[t.name].services.get(unit, {}).get("active") == "active":
+            how = "deleting its pods (--force)" if self.force else \
+                "evicting its pods (PodDisruptionBudgets respected)"
+            yield f"cordon and drain {t.name} on {node.name}, {how}, timeout {self.timeout}s"
+
+    def hostvars(self, ctx, node):
+        admin = None if ctx.cluster.is_k3s else paths.ADMIN_CONF
+        return {"kubectl": kubectl(ctx.cluster, kubeconfig=admin), "node_name": self.target.name,
+                "drain_flags": self.flags()}
+
+    def run(self, run, nodes):
+        from ..actions import PhaseFailed
+
+        try:
+            run.converge(self, nodes)
+        except PhaseFailed as e:
+            hint = "" if self.force else (
+                f"\n{self.target.name} was not drained (a PodDisruptionBudget or a pod without a "
+                "controller holds it; the node stays cordoned). Fix that, or rerun with --force "
+                "to delete its pods without eviction")
+            raise PhaseFailed(str(e) + hint) from None
+
+
+PHASE = Drain()
