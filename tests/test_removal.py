@@ -1,0 +1,88 @@
+"""remove-node refusals and phases, decided from the model and probed facts alone (data cases:
+each names a cluster, the host to remove, facts made unhealthy, and the refusal expected)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from importlib import import_module
+
+import pytest
+
+from provisioner import inventory, removal
+from provisioner.phases import kube
+from tests.test_phases import K3S, LAB, converged
+
+HEALTH = import_module("provisioner.phases.03_etcd").HEALTH
+SINGLE = inventory.load("inventories/single.yml")
+STACKED = inventory.load("inventories/ha-kubevip.yml")
+
+
+def one_etcd_member(c):
+    """LAB with cp1 the only external etcd member."""
+    nodes = tuple(dataclasses.replace(n, roles=tuple(r for r in n.roles if r != "etcd"))
+                  if n.name in ("cp2", "cp3") else n for n in c.nodes)
+    return dataclasses.replace(c, nodes=nodes)
+
+
+CASES = [  # (id, cluster, host, [(host, failing probe command)], refusal or None)
+    ("worker", LAB, "w1", [], None),
+    ("etcd-member-all-healthy", LAB, "cp3", [], None),
+    ("etcd-member-other-stopped", LAB, "cp3", [("cp2", HEALTH)],
+     "etcd member cp2 is not healthy: after removing cp3 the 2 remaining member(s) need 2"),
+    ("etcd-member-itself-stopped", LAB, "cp3", [("cp3", HEALTH)], None),  # replacing a dead one
+    ("last-control-plane", SINGLE, SINGLE.control_planes[0].name, [],
+     "is the last control plane"),
+    ("first-control-plane", LAB, "cp1", [], "is the first control plane"),
+    ("load-balancer", LAB, "lb1", [], "is a load balancer"),
+    ("stacked-quorum", STACKED, STACKED.control_planes[2].name,
+     [(STACKED.control_planes[1].name, kube.API)], "could lose quorum"),
+    ("stacked-healthy", STACKED, STACKED.control_planes[2].name, [], None),
+    ("k3s-server-quorum", K3S, K3S.control_planes[1].name,
+     [(K3S.control_planes[2].name, kube.NODE)], "embedded etcd"),
+    ("last-etcd-member", one_etcd_member(LAB), "cp1", [], "is the last etcd member"),
+]
+
+
+@pytest.mark.parametrize("cluster, host, failing, refusal", [c[1:] for c in CASES],
+                         ids=[c[0] for c in CASES])
+def test_refusals(cluster, host, failing, refusal):
+    ctx = converged(cluster)
+    for name, command in failing:
+        ctx.facts[name].commands[command] = {"rc": 1, "out": ""}
+    found = removal.refusals(ctx, cluster.node(host))
+    if refusal is None:
+        assert found == []
+    else:
+        assert any(refusal in line for line in found), found
+
+
+def test_unknown_host_is_a_user_error():
+    with pytest.raises(removal.UserError, match="cp9 is not in"):
+        removal.target_of(LAB, "cp9")
+
+
+def test_phases_of_a_converged_cluster():
+    """A worker: drain (its kubelet runs) and reset on it; /etc/hosts and node labels change on
+    the others. An etcd member adds the API servers' endpoints and member remove."""
+    ctx = converged(LAB)
+    for n in LAB.nodes:
+        ctx.facts[n.name].commands.update({
+            "reset-leftovers": {"rc": 0, "out": "/etc/kubernetes\n"},
+            "node-object-w1": {"rc": 0, "out": "node/w1"},
+            "node-object-cp3": {"rc": 0, "out": "node/cp3"},
+            "etcd-config-existing": {"rc": 1, "out": ""},  # members of the first start
+            "etcd-servers": {"rc": 0, "out": ",".join(LAB.etcd_endpoints)},
+            "etcd-members": {"rc": 0, "out": json.dumps({"members": [
+                {"name": m.name, "peerURLs": [f"https://{m.address}:2380"]}
+                for m in LAB.etcd_members]})}})
+    got = {p.title: sorted(w) for p in removal.removal_phases(LAB, LAB.node("w1"))
+           if (w := p.work(ctx))}
+    assert got == {"drain": ["cp1"], "reset-node": ["w1"], "delete-node": ["cp1"],
+                   "prepare (without w1)": ["cp1", "cp2", "cp3", "lb1", "lb2"],
+                   "node-meta (without w1)": ["cp1"]}
+    got = {p.title: sorted(w) for p in removal.removal_phases(LAB, LAB.node("cp3"))
+           if (w := p.work(ctx))}
+    assert got["etcd-servers"] == ["cp1", "cp2"] and got["etcd-leave"] == ["cp1"]
+    assert got["loadbalancer (without cp3)"] == ["lb1", "lb2"]
+    assert got["etcd (without cp3)"] == ["cp1", "cp2"]
