@@ -88,8 +88,10 @@ def healthy(lab, node):
 
 
 def kubectl_calls(lab, node="cp1"):
+    """The changing kubectl calls on `node` (the probes' `get`s left out)."""
     rc, out, _ = lab.run(node, "cat /var/log/standin/kubectl.jsonl 2>/dev/null")
-    return [e["argv"] for e in map(json.loads, out.splitlines()) if e.get("result") == "ok"]
+    return [e["argv"] for e in map(json.loads, out.splitlines()) if e.get("result") == "ok"
+            and {"cordon", "uncordon", "drain", "delete"} & set(e["argv"])]
 
 
 def work(result):

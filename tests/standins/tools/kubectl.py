@@ -236,11 +236,11 @@ def get(tool: Tool, opts: dict, args: list[str]) -> int:
         refused(tool, opts, not_reachable_reason(tool))
     ns = opts.get("namespace") or opts.get("n") or "default"
     have = existing(view)
-    if view["control_plane"] and view["api_up"]:  # other nodes: registered until deleted
+    if view["control_plane"] and view["api_up"]:  # other nodes the stand-in has touched
         from . import nodes
 
         have |= {("nodes", "", n) for p, n in wanted
-                 if p == "nodes" and n != view["node"] and not nodes.deleted(tool, n)}
+                 if p == "nodes" and n != view["node"] and nodes.known(tool, n)}
     missing = []
     for plural, name in wanted:
         kind = next(v for v in KINDS.values() if v[0] == plural)

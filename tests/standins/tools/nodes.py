@@ -16,8 +16,9 @@ What they check, as kubectl does (kubectl drain's pod filters and eviction loop)
 - an eviction a PodDisruptionBudget refuses is retried every 5 s (here every 1 s, said so)
   until --timeout, then the drain fails ("global timeout reached"); --disable-eviction deletes
   the pods instead (past any budget); --timeout=0 waits forever, as in kubectl;
-- other node names exist unless `delete node` recorded them gone (the stand-in cannot know
-  the cluster's other nodes).
+- `cordon` / `drain` take any node name (the stand-in cannot know the cluster's other nodes);
+  `get node OTHER` on a control plane finds a node this stand-in has recorded (labelled,
+  tainted, cordoned, drained) until `delete node` recorded it gone.
 """
 
 from __future__ import annotations
@@ -67,6 +68,11 @@ def node_name(verb: str, args: list[str], flags: tuple = ()) -> tuple[str, list[
             raise Failed(f"error: unknown flag: {f.split('=')[0]} (the {verb} stand-in takes "
                          f"{', '.join(flags) or 'no flags'})")
     return words[0], extra
+
+
+def known(tool: Tool, name: str) -> bool:
+    entry = records(tool).get(name)
+    return entry is not None and not entry.get("deleted")
 
 
 def must_exist(tool: Tool, name: str) -> None:
