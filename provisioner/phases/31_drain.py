@@ -17,6 +17,11 @@ def kube_unit(c, node) -> str:
     return "kubelet"
 
 
+# one line per pod bound to the node: NAMESPACE/NAME=OWNER KIND (empty for a bare pod)
+OWNERS = ('jsonpath={range .items[*]}{.metadata.namespace}/{.metadata.name}='
+          '{.metadata.ownerReferences[*].kind}{"\\n"}{end}')
+
+
 class Drain(Removal):
     title = "drain"
     playbook = "31-drain.yml"
@@ -28,10 +33,29 @@ class Drain(Removal):
         out = ["--ignore-daemonsets", "--delete-emptydir-data", f"--timeout={self.timeout}s"]
         return out + (["--force", "--disable-eviction"] if self.force else [])
 
+    def probes(self, c, node):
+        t = self.target.name
+        return {"commands": {
+            f"unschedulable-{t}": kubectl(c, "get", "node", t, "-o",
+                                          "jsonpath={.spec.unschedulable}"),
+            f"pods-on-{t}": kubectl(c, "get", "pods", "-A", "--field-selector",
+                                    f"spec.nodeName={t}", "-o", OWNERS)}}
+
+    def drained(self, ctx, node) -> bool:
+        t = self.target.name
+        cordoned = ctx.command(node, f"unschedulable-{t}")
+        pods = ctx.command(node, f"pods-on-{t}")
+        if cordoned.get("rc") != 0 or pods.get("rc") != 0:
+            return False
+        lines = (pods.get("out") or "").split()
+        return (cordoned.get("out", "").strip() == "true"
+                and all(line.endswith("=DaemonSet") for line in lines))
+
     def checks(self, ctx, node):
         t = self.target
         unit = kube_unit(ctx.cluster, t)
-        if ctx.facts[t.name].services.get(unit, {}).get("active") == "active":
+        running = ctx.facts[t.name].services.get(unit, {}).get("active") == "active"
+        if running and not self.drained(ctx, node):
             how = "deleting its pods (--force)" if self.force else \
                 "evicting its pods (PodDisruptionBudgets respected)"
             yield f"cordon and drain {t.name} on {node.name}, {how}, timeout {self.timeout}s"

@@ -57,13 +57,14 @@ def main(tool: Tool, argv: list[str], log: str = "kubectl") -> int:
             raise
         tool.record(argv, "ok", log=log)
         return rc
-    if args[0] in ("cordon", "uncordon", "drain", "delete"):  # other nodes: nodes.py
-        from . import nodes
+    from . import nodes
 
+    if args[0] in ("cordon", "uncordon", "drain", "delete") or nodes.answers(args):
         verbs = {"cordon": nodes.cordon, "drain": nodes.drain, "delete": nodes.delete,
                  "uncordon": lambda t, o, a: nodes.cordon(t, o, a, on=False)}
         try:
-            rc = verbs[args[0]](tool, opts, args[1:])
+            rc = nodes.get(tool, opts, args) if args[0] == "get" else \
+                verbs[args[0]](tool, opts, args[1:])
         except Failed as e:
             tool.record(argv, "error: " + str(e).splitlines()[0], log=log)
             raise

@@ -16,6 +16,9 @@ What they check, as kubectl does (kubectl drain's pod filters and eviction loop)
 - an eviction a PodDisruptionBudget refuses is retried every 5 s (here every 1 s, said so)
   until --timeout, then the drain fails ("global timeout reached"); --disable-eviction deletes
   the pods instead (past any budget); --timeout=0 waits forever, as in kubectl;
+- `get node OTHER -o jsonpath={.spec.unschedulable}` answers from the records, and `get pods
+  -A --field-selector spec.nodeName=NAME -o jsonpath=...` prints one line per pod of the
+  fixture, `NAMESPACE/NAME=OWNER KIND` (the drain phase's end state; only that jsonpath);
 - `cordon` / `drain` take any node name (the stand-in cannot know the cluster's other nodes);
   `get node OTHER` on a control plane finds a node this stand-in has recorded (labelled,
   tainted, cordoned, drained) until `delete node` recorded it gone.
@@ -187,4 +190,40 @@ def delete(tool: Tool, opts: dict, args: list[str]) -> int:
         raise Failed(f'Error from server (NotFound): nodes "{name}" not found')
     set_record(tool, name, deleted=True)
     print(f'node "{name}" deleted')
+    return 0
+
+
+UNSCHEDULABLE = "jsonpath={.spec.unschedulable}"
+OWNERS = ('jsonpath={range .items[*]}{.metadata.namespace}/{.metadata.name}='
+          '{.metadata.ownerReferences[*].kind}{"\\n"}{end}')
+
+
+def answers(args: list[str]) -> bool:
+    """The two `get` forms of the drain phase's probe, which kubectl.get does not serve."""
+    return (args[:2] in (["get", "pods"], ["get", "pod"]) and "--field-selector" in args) or \
+        (args[:2] == ["get", "node"] and UNSCHEDULABLE in args)
+
+
+def get(tool: Tool, opts: dict, args: list[str]) -> int:
+    import json
+
+    require_api(tool, opts)
+    if args[1] == "node":
+        name = args[2]
+        if not known(tool, name) and name != state.node_view(tool)["node"]:
+            raise Failed(f'Error from server (NotFound): nodes "{name}" not found')
+        print("true" if (records(tool).get(name) or {}).get("unschedulable") else "")
+        return 0
+    rest = args[2:]
+    selector = rest[rest.index("--field-selector") + 1]
+    output = rest[rest.index("-o") + 1] if "-o" in rest else None
+    if not selector.startswith("spec.nodeName=") or output != OWNERS or \
+            set(rest) - {"-A", "--all-namespaces", "--field-selector", selector, "-o", output}:
+        raise Failed("stand-in: no API server (the stand-in answers `get pods -A "
+                     "--field-selector spec.nodeName=NAME -o` with the drain phase's jsonpath)")
+    path = tool.path(PODS)
+    pods = (json.loads(path.read_text()) if path.is_file() else {}).get(
+        selector.split("=", 1)[1]) or []
+    for p in pods:
+        print(f"{p['namespace']}/{p['name']}={p.get('controller') or ''}")
     return 0
