@@ -92,7 +92,8 @@ class Etcd(Phase):
         member of the model); {"state": "existing", "members": [...]} for a joining one."""
         if not ctx.facts or node.name not in ctx.facts:
             return None  # cluster.render: no facts, the first start's config
-        if not (ctx.ok(node, SAYS_EXISTING) or joining(ctx, node)):
+        says = ctx.command(node, SAYS_EXISTING).get("out", "").strip() == "existing"
+        if not (says or joining(ctx, node)):
             return None
         members = membership(ctx, skip=(node.name,)) or []
         return {"state": "existing", "members": [
@@ -102,7 +103,7 @@ class Etcd(Phase):
         return {"commands": {
             HEALTH: etcdctl(node, "endpoint", "health"),
             MEMBERS: etcdctl(node, "member", "list", "-w", "json"),
-            SAYS_EXISTING: ["grep", "-qx", "initial-cluster-state: existing", paths.ETCD_CONF]}}
+            SAYS_EXISTING: ["sed", "-n", "s/^initial-cluster-state: *//p", paths.ETCD_CONF]}}
 
     def checks(self, ctx, node):
         if joining(ctx, node) and not member_of(membership(ctx, skip=(node.name,)), node):
