@@ -85,3 +85,53 @@ def test_phases_of_a_converged_cluster():
     assert got["etcd-servers"] == ["cp1", "cp2"] and got["etcd-leave"] == ["cp1"]
     assert got["loadbalancer (without cp3)"] == ["lb1", "lb2"]
     assert got["etcd (without cp3)"] == ["cp1", "cp2"]
+
+
+def test_drain_stand_in_checks_what_kubectl_drain_checks(tmp_path, monkeypatch, capsys):
+    """The kubectl stand-in's drain (tests/standins/tools/nodes.py): DaemonSet and emptyDir
+    pods need their flags, a PodDisruptionBudget holds eviction until --timeout, --force
+    --disable-eviction deletes past it, DaemonSet pods stay; the drain phase's probe reads the
+    result."""
+    import sys
+
+    monkeypatch.syspath_prepend("tests/standins")
+    monkeypatch.setenv("STANDIN_ROOT", str(tmp_path))
+    sys.modules.pop("tools", None)
+    from tools import Tool, kubectl, run, state
+
+    monkeypatch.setattr(state, "node_view", lambda tool: {
+        "node": "cp1", "control_plane": True, "api_up": True, "reachable": True,
+        "registered": True, "labels": {}, "taints": []})
+    (tmp_path / "etc/kubernetes").mkdir(parents=True)
+    (tmp_path / "etc/kubernetes/admin.conf").write_text("{}")
+    (tmp_path / "etc/standin").mkdir(parents=True)
+    (tmp_path / "etc/standin/pods.json").write_text(json.dumps({"w1": [
+        {"namespace": "kube-system", "name": "kp", "controller": "DaemonSet"},
+        {"namespace": "default", "name": "db", "controller": "StatefulSet", "pdbBlocks": True},
+        {"namespace": "default", "name": "web", "controller": "ReplicaSet", "emptyDir": True}]}))
+    drain = import_module("provisioner.phases.31_drain")
+    tool, k = Tool("kubectl", "v1.32.4"), ["--kubeconfig", "/etc/kubernetes/admin.conf"]
+
+    def call(*args):
+        capsys.readouterr()
+        rc = run(tool, kubectl.main, k + list(args))
+        out = capsys.readouterr()
+        return rc, out.out, out.err
+
+    rc, _, err = call("drain", "w1")
+    assert rc == 1 and "--ignore-daemonsets" in err and "--delete-emptydir-data" in err
+    rc, out, err = call("drain", "w1", "--ignore-daemonsets", "--delete-emptydir-data",
+                        "--timeout=1s")
+    assert rc == 1 and "disruption budget" in err and "global timeout reached" in err
+    assert "pod/web evicted" in out
+    assert call("get", "pods", "-A", "--field-selector", "spec.nodeName=w1", "-o",
+                drain.OWNERS)[1].split() == ["kube-system/kp=DaemonSet", "default/db=StatefulSet"]
+    rc, out, _ = call("drain", "w1", "--ignore-daemonsets", "--delete-emptydir-data",
+                      "--timeout=1s", "--force", "--disable-eviction")
+    assert rc == 0 and "pod/db deleted" in out
+    assert call("get", "node", "w1", "-o", "jsonpath={.spec.unschedulable}")[1] == "true\n"
+    assert call("get", "pods", "-A", "--field-selector", "spec.nodeName=w1", "-o",
+                drain.OWNERS)[1].split() == ["kube-system/kp=DaemonSet"]
+    assert call("delete", "node", "w1")[0] == 0
+    assert call("get", "node", "w1", "-o", "name", "--ignore-not-found")[1] == ""
+    sys.modules.pop("tools", None)

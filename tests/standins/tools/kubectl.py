@@ -49,14 +49,6 @@ def main(tool: Tool, argv: list[str], log: str = "kubectl") -> int:
         return 0
     if args[0] == "apply":
         return apply(tool, argv, opts, args[1:], log)
-    if args[0] in ("get", "label", "taint"):
-        try:
-            rc = {"get": get, "label": label, "taint": taint}[args[0]](tool, opts, args[1:])
-        except Failed as e:
-            tool.record(argv, "error: " + str(e).splitlines()[0], log=log)
-            raise
-        tool.record(argv, "ok", log=log)
-        return rc
     from . import nodes
 
     if args[0] in ("cordon", "uncordon", "drain", "delete") or nodes.answers(args):
@@ -65,6 +57,14 @@ def main(tool: Tool, argv: list[str], log: str = "kubectl") -> int:
         try:
             rc = nodes.get(tool, opts, args) if args[0] == "get" else \
                 verbs[args[0]](tool, opts, args[1:])
+        except Failed as e:
+            tool.record(argv, "error: " + str(e).splitlines()[0], log=log)
+            raise
+        tool.record(argv, "ok", log=log)
+        return rc
+    if args[0] in ("get", "label", "taint"):
+        try:
+            rc = {"get": get, "label": label, "taint": taint}[args[0]](tool, opts, args[1:])
         except Failed as e:
             tool.record(argv, "error: " + str(e).splitlines()[0], log=log)
             raise
