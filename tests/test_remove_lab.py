@@ -62,7 +62,7 @@ def without(lab, folder, *names):
         for n in names:
             (group.get("hosts") or {}).pop(n, None)
     path = folder / f"without-{'-'.join(names) or 'none'}.yml"
-    path.write_text(yaml.safe_dump(data))
+    path.write_text(yaml.safe_dump(data, sort_keys=False))  # the order of the hosts stays
     return lab_cluster(path, lab.cluster.state_dir)
 
 
