@@ -255,6 +255,11 @@ def remove_node(c, name, inventory=DEFAULT_INVENTORY, force=False, plan=False, b
                                      timeout=int(drain_timeout), trust_new=trust_new_hosts,
                                      progress=progress)
     print_plan(result, verb="did")
+    left = [n for n in cluster.etcd_nodes if n.name != name]
+    if name in {n.name for n in cluster.etcd_nodes} and left and len(left) % 2 == 0:
+        print(f"note: without {name} the inventory has {len(left)} etcd members, which "
+              "cluster.validate refuses (an even count tolerates no more failures): add a "
+              "replacement member in the same edit; cluster.up joins it as a new member")
     print(f"{name} has left cluster {cluster.cluster_name} ({time.monotonic() - start:.1f} s). "
           f"Now delete {name} from {inventory}; `invoke cluster.plan -i {inventory}` will then "
           "show nothing to do.")
