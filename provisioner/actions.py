@@ -97,6 +97,10 @@ class Run:
                 extra = phase.probes(self.cluster, node)
                 files.update(extra.get("paths", ()))
                 cmds.update(extra.get("commands", {}))
+            packages = sorted({p for phase in self.phases if node in phase.hosts(self.cluster)
+                               for p in phase.packages})
+            if packages:
+                cmds[preflight.POLICY] = ["apt-cache", "policy", *packages]
             wanted[name] = sorted(files)
             commands[name] = cmds
             certs[name] = [path for path, _ in CAS]
@@ -127,8 +131,19 @@ class Run:
                 out.append((phase.title, i.path, state))
         return out
 
-    def preflight(self) -> None:
+    def problems(self) -> list[preflight.HostProblem]:
+        """Preflight of every host, with the package versions the action's phases need."""
         problems = preflight.check(self.cluster, self.ctx.facts)
+        for node in self.cluster.nodes:
+            f = self.ctx.facts.get(node.name)
+            minimum = {p: v for phase in self.phases if node in phase.hosts(self.cluster)
+                       for p, v in phase.packages.items()}
+            if f is not None and f.reachable and minimum:
+                problems += preflight.package_problems(node, f, minimum)
+        return problems
+
+    def preflight(self) -> None:
+        problems = self.problems()
         if preflight.has_errors(problems):
             raise UserError("preflight found problems; nothing was changed on any host\n"
                             + preflight.report(problems))
@@ -363,6 +378,13 @@ def up(cluster: Cluster, bundle_dir=None, start=None, dry_run=False, trust_new=F
                 run.apply(phase, work)
             done.append((phase, work))
         return done
+
+
+def check(cluster: Cluster, trust_new=False) -> tuple[list, dict]:
+    """`cluster.preflight`: every host probed once; (problems, facts)."""
+    with session(cluster, shared=True, trust_new=trust_new, survey=False) as run:
+        run.probe()
+        return run.problems(), run.ctx.facts
 
 
 def status(cluster: Cluster, trust_new=False) -> dict:

@@ -15,6 +15,7 @@ HEALTH = "etcd-health"
 
 class Etcd(Phase):
     title = "etcd"
+    packages = {"etcd-server": "3.4", "etcd-client": "3.4"}  # etcdctl v3 by default, TLS as set
     playbook = "03-etcd.yml"
 
     def hosts(self, c):

@@ -78,6 +78,7 @@ class Phase:
     playbook: str | None = None
     serial = False  # one host at a time (joining control planes)
     needs_bundle = False  # runs Kubernetes binaries: stops here without a bundle
+    packages: dict[str, str] = {}  # OS packages the playbook installs -> oldest version that works
 
     def hosts(self, c: Cluster) -> Iterable[Node]:
         return ()

@@ -147,7 +147,8 @@ def preflight(c, inventory=DEFAULT_INVENTORY, trust_new_hosts=False):
 
     from .. import preflight as pf
 
-    problems = pf.run(inv.load(inventory), trust_new=trust_new_hosts)
+    problems, facts = actions.check(inv.load(inventory), trust_new=trust_new_hosts)
+    pf.render(problems, facts)
     if pf.has_errors(problems):
         raise Exit(code=2)
 
