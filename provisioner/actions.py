@@ -147,7 +147,7 @@ class Run:
         if preflight.has_errors(problems):
             raise UserError("preflight found problems; nothing was changed on any host\n"
                             + preflight.report(problems))
-        refusals = self.foreign_cas() + self.version_changes()
+        refusals = self.foreign_cas() + self.version_changes() + self.fixed_changes()
         if refusals:
             raise UserError("refused before any change:\n" + "\n".join(refusals))
 
@@ -185,6 +185,23 @@ class Run:
                 out.append(f"{node.name}: runs {tool} {have.group(0)}, the inventory says {want};"
                            f" a version change is an upgrade: run `invoke cluster.upgrade --to "
                            f"{want}`, or set kubernetes_version back to {have.group(0)}")
+        return out
+
+    def fixed_changes(self) -> list[str]:
+        """Settings a built cluster cannot change in place (pod and service networks, DNS
+        domain), compared with what the hosts' markers say it was built with."""
+        if not any(ph.CONTROL_PLANE.completed_once(self.ctx, n)
+                   for n in ph.CONTROL_PLANE.hosts(self.cluster)):
+            return []
+        out = []
+        for key in ph.PREPARE.fixed:
+            built = {str(m[key]) for n in self.cluster.nodes
+                     if (m := getattr(self.ctx.facts[n.name], "marker", None) or {}).get(key)}
+            want = str(getattr(self.cluster, key))
+            if built and built != {want}:
+                out.append(f"{key}: the cluster was built with {', '.join(sorted(built))}; it "
+                           f"cannot change to {want} in place (set it back; a different one "
+                           "needs a new cluster)")
         return out
 
     # -- plan and apply --------------------------------------------------------------------------
