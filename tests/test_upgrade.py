@@ -92,9 +92,9 @@ def test_batches_control_planes_one_at_a_time_then_workers_n_at_a_time():
 
     c = inv.load(REPO / "tests/data/lab-upgrade.yml")
     names = [[n.name for n in b] for b in ph.UPGRADE_NODES.batches(c, c.kube_nodes, 2)]
-    assert names == [["cp1"], ["cp2"], ["cp3"], ["w1", "w2"]]
+    assert names == [["ucp1"], ["ucp2"], ["ucp3"], ["uw1", "uw2"]]
     names = [[n.name for n in b] for b in ph.UPGRADE_NODES.batches(c, c.kube_nodes, 1)]
-    assert names[-2:] == [["w1"], ["w2"]]
+    assert names[-2:] == [["uw1"], ["uw2"]]
 
 
 def test_max_unavailable_below_one_is_refused():

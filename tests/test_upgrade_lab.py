@@ -27,7 +27,8 @@ pytestmark = pytest.mark.lab
 
 INVENTORY = REPO / "tests/data/lab-upgrade.yml"
 OLD, NEW = "v1.32.4", "v1.33.1"
-CPS, WORKERS = ("cp1", "cp2", "cp3"), ("w1", "w2")
+CPS, WORKERS = ("ucp1", "ucp2", "ucp3"), ("uw1", "uw2")
+FIRST, W1 = CPS[0], WORKERS[0]
 
 
 @pytest.fixture(scope="module")
@@ -67,6 +68,19 @@ def log(lab, node, tool):
     return [json.loads(line) for line in out.splitlines() if line.strip()]
 
 
+def words(entry) -> list[str]:
+    """A recorded kubectl argv without its global --kubeconfig FILE."""
+    argv, out, skip = entry["argv"], [], False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a == "--kubeconfig":
+            skip = True
+        elif not a.startswith("--kubeconfig="):
+            out.append(a)
+    return out
+
+
 def upgrade_calls(lab):
     return {n: [e for e in log(lab, n, "kubeadm") if e["argv"][:1] == ["upgrade"]]
             for n in CPS + WORKERS}
@@ -83,7 +97,7 @@ def test_skipped_minor_and_missing_bundle_are_refused_before_any_change(built, b
         upgrades.upgrade(lab.cluster, "v1.33.2", bundle_dir=str(bundles))
     assert all(not calls for calls in upgrade_calls(lab).values())
     assert {n: lab.run(n, "sha256sum /usr/local/bin/kubelet")[1] for n in before} == before
-    assert not [e for e in log(lab, "cp1", "kubectl") if e["argv"][:1] == ["drain"]]
+    assert not [e for e in log(lab, FIRST, "kubectl") if words(e)[:1] == ["drain"]]
 
 
 def test_plan_then_sigkill_during_a_worker_then_rerun_finishes(built, bundles, tmp_path):
@@ -102,25 +116,25 @@ def test_plan_then_sigkill_during_a_worker_then_rerun_finishes(built, bundles, t
     deadline = time.monotonic() + 600
     try:
         while time.monotonic() < deadline and proc.poll() is None:
-            drains = [e for e in log(lab, "cp1", "kubectl") if e["argv"][:2] == ["drain", "w1"]]
+            drains = [e for e in log(lab, FIRST, "kubectl") if words(e)[:2] == ["drain", W1]]
             if drains:
                 break
-            time.sleep(0.3)
-        assert proc.poll() is None, "the upgrade ended before it drained w1"
+            time.sleep(0.1)
+        assert proc.poll() is None, "the upgrade ended before it drained the first worker"
         os.killpg(proc.pid, signal.SIGKILL)  # the controller and whatever it started
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
-    # killed mid-upgrade: w1 is cordoned, the rerun's plan names what is left
+    # killed mid-upgrade: the first worker is cordoned, the rerun's plan names what is left
     left = {p.title: w for p, w in
             upgrades.upgrade(cluster, NEW, bundle_dir=str(bundles), dry_run=True).done if w}
-    assert "w1" in left["upgrade-nodes"] and "upgrade-control-plane" not in left
+    assert W1 in left["upgrade-nodes"] and "upgrade-control-plane" not in left
 
     started = time.monotonic()
     result = upgrades.upgrade(cluster, NEW, bundle_dir=str(bundles), max_unavailable=1)
     rerun = time.monotonic() - started
-    assert set(dict((p.title, w) for p, w in result.done)["upgrade-nodes"]) >= {"w1", "w2"}
+    assert set(dict((p.title, w) for p, w in result.done)["upgrade-nodes"]) >= set(WORKERS)
     assert "set `kubernetes_version: v1.33.1`" in upgrades.summary(cluster, result)
 
     # end state, read from the nodes: every version is the target, nothing cordoned
@@ -129,20 +143,20 @@ def test_plan_then_sigkill_during_a_worker_then_rerun_finishes(built, bundles, t
     assert {v.kubelet for v in again.before} == {NEW}
     assert {v.apiserver for v in again.before if v.control_plane} == {NEW}
 
-    kubectl = log(lab, "cp1", "kubectl")
+    kubectl = log(lab, FIRST, "kubectl")
     for e in kubectl:  # drain always passed --ignore-daemonsets (kube-proxy runs everywhere)
-        if e["argv"][:1] == ["drain"]:
+        if words(e)[:1] == ["drain"]:
             assert "--ignore-daemonsets" in e["argv"] and e["result"] == "ok"
     calls = upgrade_calls(lab)
     api_done = {n: max(e["time"] for e in calls[n] if e["result"] == "ok") for n in CPS}
-    assert [e["argv"][:2] for e in calls["cp1"] if e["result"] == "ok"][:2] == [
+    assert [e["argv"][:2] for e in calls[FIRST] if e["result"] == "ok"][:2] == [
         ["upgrade", "plan"], ["upgrade", "apply"]]
-    assert api_done["cp1"] < api_done["cp2"] < api_done["cp3"]
+    assert api_done[CPS[0]] < api_done[CPS[1]] < api_done[CPS[2]]
 
     overhead = {}
     for n in CPS + WORKERS:
-        drains = [e["time"] for e in kubectl if e["argv"][:2] == ["drain", n]]
-        uncordons = [e["time"] for e in kubectl if e["argv"][:2] == ["uncordon", n]]
+        drains = [e["time"] for e in kubectl if words(e)[:2] == ["drain", n]]
+        uncordons = [e["time"] for e in kubectl if words(e)[:2] == ["uncordon", n]]
         starts = [e for e in log(lab, n, "kubelet") if e["result"] == "running"]
         restart = min(e["time"] for e in starts if e["version"] == NEW)
         replaced = float(lab.run(n, "stat -c %Z /usr/local/bin/kubelet")[1])
