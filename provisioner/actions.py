@@ -173,7 +173,7 @@ class Run:
         """A built node running another Kubernetes version than the inventory's: changing
         versions is an upgrade (drain, kubeadm upgrade), never a plain binary swap."""
         want = self.cluster.kubernetes_version
-        out = []
+        out, running = [], set()
         for node in self.cluster.kube_nodes:
             built = any(phase.completed_once(self.ctx, node) for phase in
                         (ph.CONTROL_PLANE, ph.JOIN_CONTROL_PLANE, ph.JOIN_WORKERS)
@@ -185,6 +185,14 @@ class Run:
                 out.append(f"{node.name}: runs {tool} {have.group(0)}, the inventory says {want};"
                            f" a version change is an upgrade: run `invoke cluster.upgrade --to "
                            f"{want}`, or set kubernetes_version back to {have.group(0)}")
+                running.add(have.group(0))
+        running.discard(want)
+        if len(running) == 1 and len(out) == len(self.cluster.kube_nodes):
+            # every node runs one other version: an upgrade finished, the file was not edited
+            v = running.pop()
+            return [f"every node runs {v}, the inventory says {want}: after `cluster.upgrade "
+                    f"--to {v}` set kubernetes_version: {v} in "
+                    f"{self.cluster.source or 'the inventory'} (or upgrade to {want})"]
         return out
 
     def fixed_changes(self) -> list[str]:

@@ -31,9 +31,14 @@ ADDONS = _phase("10_addons")
 NODE_META = _phase("11_node_meta")
 KUBECONFIG = _phase("12_kubeconfig")
 
+# Day 2, not in ALL: the phases of `cluster.upgrade` (provisioner/upgrade.py)
+UPGRADE_CONTROL_PLANE = _phase("93_upgrade_control_plane")
+UPGRADE_NODES = _phase("93_upgrade_nodes")
+
 ALL: tuple[Phase, ...] = (PREPARE, RUNTIME, ETCD, LOADBALANCER, BINARIES, CONTROL_PLANE,
                           JOIN_CONTROL_PLANE, JOIN_WORKERS, CNI, ADDONS, NODE_META, KUBECONFIG)
 
 __all__ = ["ALL", "Context", "Item", "Phase", "kubectl", "service_running"] + [
     "PREPARE", "RUNTIME", "ETCD", "LOADBALANCER", "BINARIES", "CONTROL_PLANE",
-    "JOIN_CONTROL_PLANE", "JOIN_WORKERS", "CNI", "ADDONS", "NODE_META", "KUBECONFIG"]
+    "JOIN_CONTROL_PLANE", "JOIN_WORKERS", "CNI", "ADDONS", "NODE_META", "KUBECONFIG",
+    "UPGRADE_CONTROL_PLANE", "UPGRADE_NODES"]

@@ -219,3 +219,36 @@ def render(c, inventory=DEFAULT_INVENTORY, out=None):
                         "(choose another folder with -o)") from None
     print(f"wrote {len(written)} files for {len(files)} hosts to {target}/<host>/ "
           "(files holding secrets are 0600)")
+
+
+# -- upgrade (provisioner/upgrade.py: phases 93 upgrade-control-plane, upgrade-nodes) -----------
+
+@task(help={"to": "the Kubernetes version to upgrade to (one minor at a time, e.g. v1.33.1)",
+            "inventory": HELP["inventory"],
+            "bundle": "offline bundle folder holding the target version (see bundle.fetch)",
+            "max_unavailable": "workers drained and upgraded at once (default 1)",
+            "plan": "dry run: print what the upgrade would do, change nothing",
+            "trust_new_hosts": HELP["trust_new_hosts"]})
+@user_errors
+def upgrade(c, to, inventory=DEFAULT_INVENTORY, bundle=None, max_unavailable=1, plan=False,
+            trust_new_hosts=False):
+    """Upgrade every node to --to: control planes (kubeadm upgrade), then each node drained,
+    upgraded, restarted and uncordoned. Resumable: rerun after a failure."""
+    from .. import upgrade as upgrades
+    from ..progress import Progress
+
+    cluster = inv.load(inventory)
+    if plan:
+        result = upgrades.upgrade(cluster, to, bundle_dir=bundle,
+                                  max_unavailable=max_unavailable, dry_run=True,
+                                  trust_new=trust_new_hosts)
+        n = print_plan(result.done)
+        print(f"{n} change(s) pending for the upgrade to {to}" if n
+              else f"every node runs {to}: nothing to do")
+        return
+    with Progress() as progress:
+        result = upgrades.upgrade(cluster, to, bundle_dir=bundle,
+                                  max_unavailable=max_unavailable, trust_new=trust_new_hosts,
+                                  progress=progress)
+    print_plan(result.done, verb="did")
+    print(upgrades.summary(cluster, result))

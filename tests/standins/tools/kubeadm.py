@@ -61,6 +61,10 @@ def main(tool: Tool, argv: list[str]) -> int:
             raise
         tool.record(hide_positional(argv), "ok")
         return 0
+    if cmd == "upgrade":
+        from . import upgrade
+
+        return upgrade.kubeadm_upgrade(tool, argv, rest)
     if cmd not in ("init", "join", "reset"):
         raise Failed(f'unknown command "{cmd}" for "kubeadm" (the stand-in implements init, '
                      "join, reset, version)")
@@ -588,16 +592,17 @@ def init(tool: Tool, configs: dict, opts: dict) -> None:
         return
     fresh = {"tool": "stand-in kubeadm (TEST-ONLY)", "node": name, "role": "control-plane",
              "etcd": "stacked" if local_etcd else "external", "steps": {},
-             **registration(node_reg, True)}
+             "version": tool.version, **registration(node_reg, True)}
     steps = [
         ("preflight", do_preflight),
         ("certs", lambda: tool.say("[certs] stand-in: no certificate generated (the CA the "
                                    "provisioner placed is used as it is)")),
         ("kubeconfig", lambda: write_files(tool, kubeconfig_files(
             tool, server, cname, init=True, name=name))),
-        ("etcd", lambda: write_files(tool, manifest_files(["etcd"] if local_etcd else []))),
+        ("etcd", lambda: write_files(tool, manifest_files(["etcd"] if local_etcd else [],
+                                                          tool.version))),
         ("control-plane", lambda: write_files(tool, manifest_files(
-            control_plane_manifests(False)))),
+            control_plane_manifests(False), tool.version))),
         ("kubelet-start", lambda: kubelet_start(tool, configs, node_reg, None, local_etcd)),
         ("wait-control-plane", lambda: tool.say(
             "[wait-control-plane] stand-in: nothing to wait for (no control plane runs)")),
@@ -661,19 +666,20 @@ def join(tool: Tool, configs: dict, opts: dict) -> None:
 
     def prepare():
         write_files(tool, kubeconfig_files(tool, server, "kubernetes", init=False, name=name))
-        write_files(tool, manifest_files(control_plane_manifests(False)))
+        write_files(tool, manifest_files(control_plane_manifests(False), tool.version))
 
     fresh = {"tool": "stand-in kubeadm (TEST-ONLY)", "node": name,
              "role": "control-plane" if control_plane else "worker",
              "etcd": ("stacked" if local_etcd else "external") if control_plane else None,
-             "steps": {}, **registration(node_reg, control_plane)}
+             "steps": {}, "version": tool.version, **registration(node_reg, control_plane)}
     steps = [("preflight", do_preflight)]
     if control_plane:
         steps.append(("control-plane-prepare", prepare))
     steps.append(("kubelet-start", lambda: kubelet_start(tool, configs, node_reg, (server, name),
                                                          False)))
     if local_etcd:
-        steps.append(("etcd-join", lambda: (write_files(tool, manifest_files(["etcd"])),
+        steps.append(("etcd-join", lambda: (write_files(tool, manifest_files(["etcd"],
+                                                                             tool.version)),
                                             etcd_data(tool))))
     steps.append(("kubelet-wait-bootstrap", lambda: None))
     if control_plane:
@@ -720,7 +726,7 @@ def kubeconfig_files(tool: Tool, server: str, cname: str, init: bool,
     return files
 
 
-def manifest_files(names: list[str]) -> dict[str, tuple[str, int]]:
+def manifest_files(names: list[str], version: str = "") -> dict[str, tuple[str, int]]:
     import yaml
 
     files = {}
@@ -729,7 +735,8 @@ def manifest_files(names: list[str]) -> dict[str, tuple[str, int]]:
                "metadata": {"name": m, "namespace": "kube-system",
                             "annotations": {"stand-in": "not Kubernetes: placeholder written "
                                                         "by the kubeadm stand-in"}},
-               "spec": {"containers": [{"name": m, "image": "stand-in.invalid/" + m}]}}
+               "spec": {"containers": [{"name": m, "image": "stand-in.invalid/" + m
+                                           + (f":{version}" if version else "")}]}}
         files[f"{MANIFESTS}/{m}.yaml"] = (f"# {MARK}\n" + yaml.safe_dump(pod), 0o600)
     return files
 

@@ -46,9 +46,15 @@ def main(tool: Tool, argv: list[str], log: str = "kubectl") -> int:
         return 0
     if args[0] == "apply":
         return apply(tool, argv, opts, args[1:], log)
-    if args[0] in ("get", "label", "taint"):
+    if args[0] in ("get", "label", "taint", "drain", "cordon", "uncordon"):
+        from . import upgrade
+
+        verbs = {"get": get, "label": label, "taint": taint}
         try:
-            rc = {"get": get, "label": label, "taint": taint}[args[0]](tool, opts, args[1:])
+            if args[0] in verbs:
+                rc = verbs[args[0]](tool, opts, args[1:])
+            else:
+                rc = upgrade.schedule(tool, args[0], opts, args[1:])
         except Failed as e:
             tool.record(argv, "error: " + str(e).splitlines()[0], log=log)
             raise
@@ -187,6 +193,13 @@ def get(tool: Tool, opts: dict, args: list[str]) -> int:
     check_kubeconfig(tool, opts)
     if args[:1] == ["--raw"] or (args and args[0].startswith("--raw=")):
         path = args[0].split("=", 1)[1] if "=" in args[0] else (args[1] if len(args) > 1 else "")
+        if path == "/version" and len(args) == (1 if "=" in args[0] else 2):
+            from .upgrade import raw_version
+
+            if not state.node_view(tool)["api_up"]:
+                refused(tool, opts, not_reachable_reason(tool))
+            print(raw_version(tool))
+            return 0
         if path.split("?")[0] not in HEALTH or len(args) > (1 if "=" in args[0] else 2):
             no_api_server("get --raw " + path)
         if not state.node_view(tool)["api_up"]:
@@ -211,6 +224,23 @@ def get(tool: Tool, opts: dict, args: list[str]) -> int:
             words.append(a)
         i += 1
     wanted = resources(words)
+    field = (output or "").removeprefix("jsonpath=").strip("'")
+    if field in ("{.spec.unschedulable}", "{.status.nodeInfo.kubeletVersion}") \
+            and [k for k, _ in wanted] == ["nodes"]:
+        from . import upgrade
+
+        view = state.node_view(tool)
+        if not view["reachable"]:
+            refused(tool, opts, not_reachable_reason(tool))
+        for _, name in wanted:
+            if field == "{.spec.unschedulable}":  # any name: kept where drain/cordon ran
+                if not view["api_up"]:
+                    no_api_server("get node -o jsonpath={.spec.unschedulable} (answered on a "
+                                  "control plane only)")
+                print(upgrade.unschedulable(tool, name), end="")
+            else:
+                print(upgrade.node_kubelet_version(tool, view, name), end="")
+        return 0
     labels = output in ("jsonpath={.metadata.labels}", "jsonpath='{.metadata.labels}'")
     if output != "name" and not (labels and [k for k, _ in wanted] == ["nodes"]):
         no_api_server(f"get {' '.join(words)} -o {output}" if output else f"get {' '.join(words)}"
