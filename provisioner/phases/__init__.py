@@ -3,6 +3,7 @@
     01 prepare → 02 runtime → 03 etcd → 04 loadbalancer → 05 binaries → 06 control-plane
     → 07 join-control-plane → 08 join-workers → 09 cni → 10 addons → 11 node-meta
     → 12 kubeconfig
+    day 2: 96 reissue-etcd-certs, 96 certs (`cluster.certs --renew`)
 
 Actions (provisioner/actions.py) are ordered lists of these objects.
 """
@@ -30,10 +31,14 @@ CNI = _phase("09_cni")
 ADDONS = _phase("10_addons")
 NODE_META = _phase("11_node_meta")
 KUBECONFIG = _phase("12_kubeconfig")
+# day 2 (not in ALL): `invoke cluster.certs --renew` (provisioner/certs.py)
+REISSUE_ETCD_CERTS = _phase("96_etcd_certs")
+CERTS = _phase("96_certs")
 
 ALL: tuple[Phase, ...] = (PREPARE, RUNTIME, ETCD, LOADBALANCER, BINARIES, CONTROL_PLANE,
                           JOIN_CONTROL_PLANE, JOIN_WORKERS, CNI, ADDONS, NODE_META, KUBECONFIG)
 
 __all__ = ["ALL", "Context", "Item", "Phase", "kubectl", "service_running"] + [
     "PREPARE", "RUNTIME", "ETCD", "LOADBALANCER", "BINARIES", "CONTROL_PLANE",
-    "JOIN_CONTROL_PLANE", "JOIN_WORKERS", "CNI", "ADDONS", "NODE_META", "KUBECONFIG"]
+    "JOIN_CONTROL_PLANE", "JOIN_WORKERS", "CNI", "ADDONS", "NODE_META", "KUBECONFIG",
+    "REISSUE_ETCD_CERTS", "CERTS"]
