@@ -123,10 +123,15 @@ def test_table_then_renew_keeps_quorum_and_changes_every_serial(certs_lab, built
     warnings, expired = certs.summary(before, now)
     assert warnings == [] and expired == []
 
-    # a kubeadm certificate with 10 days left: warned about (stand-in's pinned date)
-    soon = (now + dt.timedelta(days=10)).strftime("%Y-%m-%dT%H:%M")
-    assert certs_lab.run("cert2", f"mkdir -p /etc/standin && echo 'apiserver {soon}' "
-                                  "> /etc/standin/cert-dates")[0] == 0
+    # certificates as a cluster has them months later (the stand-in's pinned dates; kubeadm's
+    # table shows minutes, so ones issued in the minute a renewal starts count as renewed):
+    # cert2's apiserver certificate has 10 days left and is warned about
+    for name, line in (("cert1", "admin.conf 200"), ("cert2", "apiserver 10"),
+                       ("cert3", "scheduler.conf 200")):
+        row, days = line.split()
+        when = (now + dt.timedelta(days=int(days))).strftime("%Y-%m-%dT%H:%M")
+        assert certs_lab.run(name, f"mkdir -p /etc/standin && echo '{row} {when}' "
+                                   "> /etc/standin/cert-dates")[0] == 0
     warnings, expired = certs.summary(certs.show(cluster), now)
     assert len(warnings) == 1 and "cert2: kubeadm apiserver expires in 10 days" in warnings[0]
 

@@ -59,7 +59,7 @@ def test_the_phase_modules_are_the_documented_spine():
     assert [p.title for p in actions.UP] == [
         "prepare", "runtime", "etcd", "loadbalancer", "binaries", "control-plane",
         "join-control-plane", "join-workers", "cni", "addons", "node-meta", "kubeconfig"]
-    modules = sorted(p.name for p in (Path(ph.__file__).parent).glob("[0-9][0-9]_*.py"))
+    modules = sorted(p.name for p in (Path(ph.__file__).parent).glob("[0-8][0-9]_*.py"))
     assert len(modules) == len(actions.UP)
     for module, phase in zip(modules, actions.UP):
         number = module[:2]

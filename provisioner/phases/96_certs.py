@@ -123,7 +123,40 @@ class Certs(Phase):
             if run.ctx.local.get(RENEWAL) and rows is None:
                 raise UserError(f"{n.name}: kubeadm certs check-expiration failed: {error}; "
                                 "nothing renewed on the control planes (is the cluster built?)")
+        before = {n.name: dict(run.ctx.facts[n.name].files) for n in nodes}
         run.converge(self, nodes)
+        self.restamp_kube_phases(run, nodes, before)
+
+    def restamp_kube_phases(self, run, nodes, before):
+        """The control-plane / join-control-plane stamps list the API server's etcd client
+        certificate: this phase applied the new one (the components restarted with it), so
+        their stamps are renewed, only where they matched the old certificate exactly."""
+        import hashlib
+
+        from .. import phases as ph
+
+        fresh = {}
+        for n in nodes:
+            old, new = before[n.name].get(ETCD_CLIENT), run.ctx.facts[n.name].files.get(
+                ETCD_CLIENT)
+            if not old or old == new:
+                continue
+            for phase in (ph.CONTROL_PLANE, ph.JOIN_CONTROL_PLANE):
+                if n not in phase.hosts(run.cluster):
+                    continue
+                text = phase.stamp(run.ctx, n)
+                was = text.replace(f"{new}  {ETCD_CLIENT}".encode(), f"{old}  {ETCD_CLIENT}".encode())
+                recorded = before[n.name].get(phase.stamp_path)
+                if recorded == hashlib.sha256(was).hexdigest() != hashlib.sha256(text).hexdigest():
+                    fresh.setdefault(n.name, {})[phase.stamp_path] = (text, 0o644)
+        if fresh:
+            errors = run._put(fresh)
+            if errors:
+                from ..actions import PhaseFailed
+
+                raise PhaseFailed("could not renew the kube phases' stamps: " + "; ".join(
+                    f"{h}: {e}" for h, e in errors.items()))
+            run.probe(list(fresh))
 
 
 RENEWAL = "certs_renewal"  # ctx.local key set by provisioner.certs (see 96_etcd_certs.py)

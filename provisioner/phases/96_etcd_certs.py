@@ -11,7 +11,7 @@ this phase's work on the first member."""
 
 from __future__ import annotations
 
-from .. import pki
+from .. import paths, pki
 from .base import Phase
 
 RENEWAL = "certs_renewal"  # ctx.local key: {"since": ISO time, "serials": {name: hex serial}}
@@ -31,6 +31,11 @@ class ReissueEtcdCerts(Phase):
 
     def hosts(self, c):
         return c.etcd_members
+
+    def probes(self, c, node):
+        """The member's certificates as the node has them (public parts only), for the table."""
+        return {"certs": [f"{paths.ETCD_PKI}/{f}.crt" for f in ("server", "peer",
+                                                                  "healthcheck-client")]}
 
     def names(self, c, node) -> list[str]:
         own = [f"{node.name}-server", f"{node.name}-peer"]
