@@ -88,7 +88,7 @@ class Run:
         wanted, commands, certs = {}, {}, {}
         for name in names:
             node = self.cluster.node(name)
-            files, cmds = set(), {}
+            files, cmds, cert_paths = set(), {}, set()
             for phase in dict.fromkeys(UP + tuple(self.phases)):
                 if node not in phase.hosts(self.cluster):
                     continue
@@ -97,13 +97,14 @@ class Run:
                 extra = phase.probes(self.cluster, node)
                 files.update(extra.get("paths", ()))
                 cmds.update(extra.get("commands", {}))
+                cert_paths.update(extra.get("certs", ()))
             packages = sorted({p for phase in self.phases if node in phase.hosts(self.cluster)
                                for p in phase.packages})
             if packages:
                 cmds[preflight.POLICY] = ["apt-cache", "policy", *packages]
             wanted[name] = sorted(files)
             commands[name] = cmds
-            certs[name] = [path for path, _ in CAS]
+            certs[name] = [path for path, _ in CAS] + sorted(cert_paths - {p for p, _ in CAS})
         found = host_facts.probe(self.pool, wanted, services=paths.SERVICES, hosts=names,
                                  commands_by_host=commands, certs_by_host=certs)
         self.ctx.facts.update(found)

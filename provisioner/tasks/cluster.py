@@ -252,3 +252,48 @@ def upgrade(c, to, inventory=DEFAULT_INVENTORY, bundle=None, max_unavailable=1, 
                                   progress=progress)
     print_plan(result.done, verb="did")
     print(upgrades.summary(cluster, result))
+
+
+# -- certificates (day 2: provisioner/certs.py) --------------------------------------------------
+
+@task(help={"inventory": HELP["inventory"],
+            "renew": "re-issue the etcd certificates (one member at a time), run `kubeadm certs "
+                     "renew all` and restart the control plane per control plane, refresh the "
+                     "admin kubeconfig",
+            "plan": "with --renew: only show what would be renewed",
+            "trust_new_hosts": HELP["trust_new_hosts"]})
+@user_errors
+def certs(c, inventory=DEFAULT_INVENTORY, renew=False, plan=False, trust_new_hosts=False):
+    """Every certificate of the cluster (subject, issuer, not-after, days left); exit 1 if one
+    has expired. --renew renews them (quorum kept); --plan shows what would be renewed."""
+    import datetime as dt
+    import time
+
+    from invoke import Exit
+
+    from .. import certs as certs_
+    from ..progress import Progress
+
+    cluster = inv.load(inventory)
+    if plan and not renew:
+        raise UserError("--plan goes with --renew (cluster.certs alone changes nothing)")
+    if renew and plan:
+        n = print_plan(certs_.renew(cluster, dry_run=True, trust_new=trust_new_hosts))
+        print(f"{n} renewal step(s) pending" if n else "nothing to renew")
+        return
+    if renew:
+        start = time.monotonic()
+        with Progress() as progress:
+            result = certs_.renew(cluster, trust_new=trust_new_hosts, progress=progress)
+        n = print_plan(result, verb="did")
+        print(f"certificates of cluster {cluster.cluster_name} renewed ({n} step(s), "
+              f"{time.monotonic() - start:.1f} s)")
+    table = certs_.show(cluster, trust_new=trust_new_hosts)
+    now = dt.datetime.now(dt.timezone.utc)
+    print(certs_.render(table, now))
+    warnings, expired = certs_.summary(table, now)
+    for line in warnings + expired:
+        print(line)
+    print("CA rotation is out of scope: the CA rows say how long each CA has.")
+    if expired:
+        raise Exit(code=1)

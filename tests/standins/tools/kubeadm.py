@@ -47,11 +47,16 @@ MANIFESTS = "/etc/kubernetes/manifests"
 def main(tool: Tool, argv: list[str]) -> int:
     args = [a for a in argv if not re.fullmatch(r"-v(=?\d+)?|--v=\d+", a)]
     if not args or args[0] in ("-h", "--help", "help"):
-        tool.say("usage: kubeadm init|join|reset|version (a test-only stand-in)")
+        tool.say("usage: kubeadm init|join|reset|certs|version (a test-only stand-in)")
         return 0
     cmd, rest = args[0], args[1:]
     if cmd in ("version", "--version"):
         print(tool.version_line())
+        return 0
+    if cmd == "certs":  # check-expiration, renew: kubeadm_certs.py
+        from . import kubeadm_certs
+
+        kubeadm_certs.main(tool, rest)
         return 0
     if cmd == "token" or (cmd == "init" and rest[:1] == ["phase"]):
         try:

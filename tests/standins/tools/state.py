@@ -135,6 +135,8 @@ def kubeadm_view(tool: Tool) -> dict:
         etcd_member = stacked and "etcd-join" in join
     else:
         api_up = reachable = registered = etcd_member = False
+    if control_plane and not tool.path("/etc/kubernetes/manifests/kube-apiserver.yaml").exists():
+        api_up = False  # its static pod manifest moved aside: the kubelet stopped the API server
     marked = control_plane and ("mark-control-plane" in done or "control-plane-join" in join)
     # nodeRegistration.taints: a control plane gets them from mark-control-plane, a worker's
     # kubelet registers with them
