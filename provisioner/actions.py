@@ -229,37 +229,35 @@ class Run:
 
     def converge(self, phase: ph.Phase, nodes: list[Node], serial: bool | None = None) -> None:
         """The usual run of a phase: push its changed files, run its playbook on `nodes` (one
-        at a time when serial), stamp, probe again. A host that fails or is lost is dropped and
-        the others finish the phase; then the phase fails naming that host, so a rerun (after
-        the host is back) picks up exactly what is left."""
+        at a time when serial), probe again, and stamp the hosts whose end state is reached. A
+        host that fails or is lost is dropped and the others finish the phase; then the phase
+        fails naming that host, so a rerun (after the host is back) picks up what is left."""
         serial = phase.serial if serial is None else serial
         changed = {n.name: phase.changed(self.ctx, n) for n in nodes}
         hostvars = {n.name: self._hostvars(phase, n, changed[n.name]) for n in nodes}
         errors = self._push(phase, changed)
         nodes = [n for n in nodes if n.name not in errors]
         log = None
+        done = []
         if phase.playbook and nodes:
-            done = []
             for batch in ([n] for n in nodes) if serial else [nodes]:
                 result = runner.run_playbook(
                     self.cluster, phase.playbook, batch, extravars=playbook_vars(self.cluster),
                     hostvars={n.name: hostvars[n.name] for n in batch},
                     state_dir=self.state.dir, known_hosts=self.state.known_hosts,
                     secrets=self.ctx.secrets, progress=self.progress, phase=phase.title)
-                for host, task, msg in result.failures:
-                    errors.setdefault(host, f"{task}: {msg}")
+                for host, task, msg in result.failures:  # the last says most (a rescue's why)
+                    errors[host] = f"{task}: {msg}"
                 done += [n for n in batch if n.name not in errors]
                 if not result.ok:
                     log = result.log_path
                     if serial:  # the next host goes only after this one succeeded
                         break
-            stamps = {n.name: {phase.stamp_path: (phase.stamp(self.ctx, n), 0o644)}
-                      for n in done if phase.stamped(self.ctx, n)}
-            errors.update(self._put(stamps))
         if nodes:
             for line in self.probe([n.name for n in nodes]):
                 host, _, why = line.partition(": ")
                 errors.setdefault(host, "lost contact: " + why)
+        self._stamp(phase, [n for n in done if n.name not in errors], errors)
         if errors:
             raise PhaseFailed(
                 f"phase {phase.title} failed on {', '.join(sorted(errors))}:\n"
@@ -267,6 +265,17 @@ class Run:
                 + (f"\nfull log: {log}" if log else "")
                 + "\nthe other hosts finished this phase; fix the cause (or bring the host back)"
                 f" and rerun cluster.up (or `--from {phase.title}`)")
+
+    def _stamp(self, phase: ph.Phase, nodes: list[Node], errors: dict) -> None:
+        """Record that the phase finished, only on hosts whose end state is reached now."""
+        stamps = {n.name: {phase.stamp_path: (phase.stamp(self.ctx, n), 0o644)}
+                  for n in nodes if phase.stamped(self.ctx, n)
+                  and not list(phase.checks(self.ctx, n))}
+        errors.update(self._put(stamps))
+        for host, files in stamps.items():
+            if host not in errors:
+                data = files[phase.stamp_path][0]
+                self.ctx.facts[host].files[phase.stamp_path] = hashlib.sha256(data).hexdigest()
 
     def renew_join_secrets(self, upload_certs: bool) -> None:
         """Before kubeadm joins: the bootstrap token lives 24 h and the uploaded control plane

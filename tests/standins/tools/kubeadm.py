@@ -512,6 +512,20 @@ KUBELET_CLIENT = "/var/lib/kubelet/pki/kubelet-client-current.pem"
 ETCD_MEMBER = "/var/lib/etcd/member/standin-member"
 
 
+def wait_for_kubelet(tool: Tool, seconds: float = 120) -> None:
+    """kubeadm waits here until the kubelet runs the control plane and the API answers; the
+    stand-in API "answers" while the kubelet unit is active, so it waits for that."""
+    import time
+
+    deadline = time.monotonic() + seconds
+    while not state.unit_active(tool, "kubelet"):
+        if time.monotonic() > deadline:
+            raise Failed("error execution phase wait-control-plane: the kubelet did not start "
+                         f"within {seconds:.0f} s (stand-in)")
+        time.sleep(0.5)
+    tool.say("[wait-control-plane] stand-in: the kubelet unit is active (no control plane runs)")
+
+
 def control_plane_manifests(local_etcd: bool) -> list[str]:
     names = ["kube-apiserver", "kube-controller-manager", "kube-scheduler"]
     return names + (["etcd"] if local_etcd else [])
@@ -609,8 +623,7 @@ def init(tool: Tool, configs: dict, opts: dict) -> None:
         ("control-plane", lambda: write_files(tool, manifest_files(
             control_plane_manifests(False), tool.version))),
         ("kubelet-start", lambda: kubelet_start(tool, configs, node_reg, None, local_etcd)),
-        ("wait-control-plane", lambda: tool.say(
-            "[wait-control-plane] stand-in: nothing to wait for (no control plane runs)")),
+        ("wait-control-plane", lambda: wait_for_kubelet(tool)),
         ("upload-config", lambda: None),
         ("upload-certs", (lambda: None) if upload else None),
         ("mark-control-plane", lambda: None),
