@@ -54,6 +54,7 @@ class Run:
     pool: object = None
     progress: object = None
     phases: tuple = UP  # the action's phases: what the probe reads for
+    rerun: str = ""  # how to resume after a failed phase, when not `rerun cluster.up`
 
     # -- building the context (call with the state lock held) --------------------------------
     @classmethod
@@ -225,7 +226,8 @@ class Run:
                 + "\n".join(f"  {h}: {e}" for h, e in sorted(errors.items()))
                 + (f"\nfull log: {log}" if log else "")
                 + "\nthe other hosts finished this phase; fix the cause (or bring the host back)"
-                f" and rerun cluster.up (or `--from {phase.title}`)")
+                + (f" and {self.rerun}" if self.rerun else
+                   f" and rerun cluster.up (or `--from {phase.title}`)"))
 
     def renew_join_secrets(self, upload_certs: bool) -> None:
         """Before kubeadm joins: the bootstrap token lives 24 h and the uploaded control plane

@@ -3,8 +3,10 @@
     01 prepare → 02 runtime → 03 etcd → 04 loadbalancer → 05 binaries → 06 control-plane
     → 07 join-control-plane → 08 join-workers → 09 cni → 10 addons → 11 node-meta
     → 12 kubeconfig
+    backup:  94 backup
+    restore: 95 stop-api → 96 restore → 97 start-api
 
-Actions (provisioner/actions.py) are ordered lists of these objects.
+Actions (provisioner/actions.py, provisioner/backup.py) are ordered lists of these objects.
 """
 
 from __future__ import annotations
@@ -30,10 +32,15 @@ CNI = _phase("09_cni")
 ADDONS = _phase("10_addons")
 NODE_META = _phase("11_node_meta")
 KUBECONFIG = _phase("12_kubeconfig")
+BACKUP = _phase("94_backup")
+STOP_API = _phase("95_stop_api")
+RESTORE = _phase("96_restore")
+START_API = _phase("97_start_api")
 
 ALL: tuple[Phase, ...] = (PREPARE, RUNTIME, ETCD, LOADBALANCER, BINARIES, CONTROL_PLANE,
                           JOIN_CONTROL_PLANE, JOIN_WORKERS, CNI, ADDONS, NODE_META, KUBECONFIG)
 
 __all__ = ["ALL", "Context", "Item", "Phase", "kubectl", "service_running"] + [
     "PREPARE", "RUNTIME", "ETCD", "LOADBALANCER", "BINARIES", "CONTROL_PLANE",
-    "JOIN_CONTROL_PLANE", "JOIN_WORKERS", "CNI", "ADDONS", "NODE_META", "KUBECONFIG"]
+    "JOIN_CONTROL_PLANE", "JOIN_WORKERS", "CNI", "ADDONS", "NODE_META", "KUBECONFIG",
+    "BACKUP", "STOP_API", "RESTORE", "START_API"]
