@@ -59,9 +59,14 @@ def test_the_phase_modules_are_the_documented_spine():
     assert [p.title for p in actions.UP] == [
         "prepare", "runtime", "etcd", "loadbalancer", "binaries", "control-plane",
         "join-control-plane", "join-workers", "cni", "addons", "node-meta", "kubeconfig"]
+    from provisioner import backup
+
+    assert [p.title for p in backup.BACKUP + backup.RESTORE] == [
+        "backup", "stop-api", "restore", "start-api"]
+    every = actions.UP + backup.BACKUP + backup.RESTORE
     modules = sorted(p.name for p in (Path(ph.__file__).parent).glob("[0-9][0-9]_*.py"))
-    assert len(modules) == len(actions.UP)
-    for module, phase in zip(modules, actions.UP):
+    assert len(modules) == len(every)
+    for module, phase in zip(modules, every):
         number = module[:2]
         assert module == f"{number}_{phase.title.replace('-', '_')}.py"
         if phase.playbook:  # beside its numbered playbook
