@@ -1,8 +1,8 @@
 """cluster.backup and cluster.restore on booted lab nodes with a real 3-member etcd (Debian's
 etcd 3.4, mutual TLS): tests/data/lab-backup.yml, 3 kubeadm control planes that are also the
-external etcd members, on bridge k8slab8. No bundle: cluster.up converges hosts, containerd, PKI,
-etcd and the kube-vip manifest, then stops before the Kubernetes binaries, so there is no
-API server to stop here (tests/test_backup.py covers that part of the plan).
+external etcd members, on bridge k8slab8. The Kubernetes side runs on the TEST-ONLY stand-ins
+(tests/standins): their API "answers" only while the kube-apiserver static pod manifest is in
+/etc/kubernetes/manifests, which is what the restore moves aside and back.
 
 Wall times are printed (pytest -s) and kept in NOTES-backup.md.
 """
@@ -13,6 +13,7 @@ import base64
 import hashlib
 import json
 import os
+import re
 import shutil
 import stat
 import subprocess
@@ -40,17 +41,19 @@ INVOKE = str(Path(sys.executable).parent / "invoke")
 
 @pytest.fixture(scope="module")
 def blab(tmp_path_factory):
-    """The lab booted and converged as far as cluster.up goes without a bundle (etcd runs)."""
+    """The lab booted and converged by cluster.up with the stand-in bundle (real etcd)."""
     require_lab()
     from provisioner.lab.nspawn import Lab
+    from tests.standins import make_standin_bundle
 
     cluster = lab_cluster(INVENTORY, tmp_path_factory.mktemp("backup-state"))
     lab = Lab(cluster, log=lambda msg: None)
-    with lab.locked(wait=600):
+    with lab.locked(wait=900):
         try:
             check_up(lab.up())
-            with pytest.raises(actions.BundleMissing):
-                actions.up(cluster)
+            bundle = make_standin_bundle(tmp_path_factory.mktemp("bundle"), cluster)
+            actions.up(cluster, bundle_dir=str(bundle))
+            lab.bundle = str(bundle)
             yield lab
         finally:
             lab.down()
@@ -114,6 +117,12 @@ def wipe(lab) -> None:
         ok(lab, n, "systemctl stop etcd && rm -rf /var/lib/etcd/* && ! systemctl is-active -q etcd")
 
 
+def api_answers(lab, node) -> bool:
+    rc, _, _ = lab.run(node, "kubectl --kubeconfig /etc/kubernetes/admin.conf --server "
+                             f"https://{lab.cluster.node(node).address}:6443 get --raw /readyz")
+    return rc == 0
+
+
 def asides(lab, node) -> list[str]:
     return ok(lab, node, "ls -d /var/lib/etcd.before-restore-* 2>/dev/null || true").split()
 
@@ -172,9 +181,12 @@ def test_restore_after_wiping_every_member_brings_every_key_back(blab, backed_up
         assert ok(blab, n, "stat -c '%U %a' /var/lib/etcd").split() == ["etcd", "700"]
         assert ok(blab, n, f"ls {etcd.WORK_DIR}").strip() == ""  # pushed snapshot removed
     assert backup.read_journal(blab.cluster) is None
-    # cluster.up sees nothing to do for etcd afterwards
-    plan = {p.title: w for p, w in actions.plan(blab.cluster)[1]}
-    assert plan["etcd"] == {}
+    # the API servers answer again, and cluster.up has nothing to do afterwards
+    for n in MEMBERS:
+        assert api_answers(blab, n)
+        assert ok(blab, n, f"ls -A {etcd.ASIDE_DIR}").strip() == ""
+    plan = {p.title: w for p, w in actions.plan(blab.cluster, bundle_dir=blab.bundle)[1] if w}
+    assert plan == {}
 
 
 def test_a_damaged_snapshot_is_refused_and_changes_nothing(blab, backed_up, tmp_path):
@@ -222,15 +234,21 @@ def test_restore_resumes_after_a_failure_in_the_middle(blab, backed_up):
     assert journal is not None
     for n in MEMBERS:
         assert ok(blab, n, "systemctl is-active etcd || true").strip() != "active"
+        # the API servers stay stopped until etcd is back: manifest aside, no answer
+        assert ok(blab, n, f"ls {etcd.ASIDE_DIR}").split() == ["kube-apiserver.yaml"]
+        assert not api_answers(blab, n)
     r, seconds = invoke(blab, "cluster.restore", "--snapshot", str(path), "--plan")
     assert r.returncode == 0, r.stdout + r.stderr
     assert "resuming an unfinished restore" in r.stdout
     assert "bk3: stop etcd; restore the snapshot" in r.stdout
     assert "bk1: stop etcd (the restored data dir is in place)" in r.stdout
 
+    assert re.search(r"^stop-api +nothing to do$", r.stdout, re.M)  # already aside
+    assert re.search(r"^start-api +3 host\(s\) would change$", r.stdout, re.M)  # go back
     result = backup.restore(blab.cluster, str(path))
     assert result["resumed"]
     assert healthy_members(blab) == 3
+    assert all(api_answers(blab, n) for n in MEMBERS)
     assert keys(blab) == backed_up["keys"]
     assert backup.read_journal(blab.cluster) is None
     cid, _ = etcd.restored_ids(blab.cluster, journal["token"])
