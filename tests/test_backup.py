@@ -339,3 +339,78 @@ def test_tasks_are_named_backup_and_restore():
 
     assert tasks.backup.name == "backup" and tasks.restore.name == "restore"
     assert os.path.basename(tasks.__file__) == "cluster.py"
+
+
+# -- stacked etcd (kubeadm without an etcd group) and k3s ------------------------------------------
+
+STACKED = REPO / "inventories/ha-kubevip.yml"  # 3 stacked control planes + 2 workers
+
+
+def test_stacked_members_are_the_control_planes_with_kubeadm_certificates():
+    c = inventory.load(str(STACKED))
+    assert etcd.kind(c) == "stacked"
+    assert [n.name for n in etcd.members(c)] == [n.name for n in c.control_planes]
+    argv = etcd.etcdctl(c, c.control_planes[0], "endpoint", "health")
+    assert "/etc/kubernetes/pki/etcd/healthcheck-client.crt" in argv
+    assert "/etc/kubernetes/pki/etcd/ca.crt" in argv
+
+
+def test_stacked_backup_installs_etcdctl_on_a_control_plane_that_lacks_it():
+    c = inventory.load(str(STACKED))
+    facts = {}
+    for n in c.nodes:
+        cmds = {etcd.STATUS: {"rc": 127, "out": ""}, etcd.HEALTHY: {"rc": 127, "out": ""},
+                etcd.TOOLS: {"rc": 0, "out": ""}, etcd.WAL: {"rc": 0, "out": "null"}}
+        facts[n.name] = Facts(n.name, commands=cmds,
+                              services={"kubelet": {"active": "active", "enabled": "enabled"}})
+    ctx = ph.Context(c, {}, {}, facts=facts)
+    ctx.local["backup"] = {"folder": "/state/backups"}
+    assert list(ph.BACKUP.refusals(ctx)) == []
+    first = c.control_planes[0].name
+    assert ph.BACKUP.work(ctx) == {first: [
+        "install etcdctl (Debian package etcd-client)",
+        f"etcdctl snapshot save on {first}, copied to /state/backups/"]}
+    # without a kubelet running anywhere there is no member to ask
+    for f in facts.values():
+        f.services.clear()
+    assert "no etcd member is healthy" in next(iter(ph.BACKUP.refusals(ctx)))
+
+
+def test_stacked_restore_stops_etcd_through_its_manifest_and_owns_the_data_as_root():
+    c = inventory.load(str(STACKED))
+    token = "k8s-restore-x"
+    cid, ids = etcd.restored_ids(c, token)
+    facts = {n.name: Facts(n.name, commands={etcd.STATUS: {"rc": 127, "out": ""},
+                                             etcd.WAL: {"rc": 0, "out": "null"}},
+                           files={etcd.APISERVER_MANIFEST: "ab"}) for n in c.nodes}
+    ctx = ph.Context(c, {}, {}, facts=facts)
+    ctx.local["restore"] = {"token": token, "stamp": "20261129T191337Z", "sha256": "ab" * 32,
+                            "cluster_id": cid, "members": ids, "snapshot": "/x.db"}
+    cps = [n.name for n in c.control_planes]
+    work = ph.RESTORE.work(ctx)
+    assert sorted(work) == sorted(cps)  # the workers are no members
+    assert work[cps[0]][0] == "stop etcd (its static pod manifest aside)"
+    hv = ph.RESTORE.hostvars(ctx, c.control_planes[0])
+    assert hv["etcd_kind"] == "stacked" and hv["etcd_owner"] == "root"
+    assert hv["etcd_pki"] == "/etc/kubernetes/pki/etcd"
+    assert sorted(ph.STOP_API.work(ctx)) == sorted(cps)
+    assert list(ph.RESTORE.refusals(ctx)) == []  # the playbook installs etcdctl where missing
+
+
+def test_k3s_restore_is_refused_before_connecting(tmp_path, monkeypatch):
+    c = dataclasses.replace(inventory.load(str(REPO / "tests/data/lab-backup-k3s.yml")),
+                            state_dir=str(tmp_path / "state"))
+    db = backup_pair(tmp_path, c)
+    meta = json.loads(db.with_suffix(".json").read_text())
+    meta.update(distribution="k3s", etcd="k3s", revision=None, cluster_id=None)
+    snapshots.write_metadata(db.with_suffix(".json"), meta)
+    monkeypatch.setattr("provisioner.actions.session", lambda *a, **k: 1 / 0)
+    with pytest.raises(UserError, match="does not restore k3s yet.*--cluster-reset-restore-path"):
+        backup.restore(c, str(db))
+
+
+def test_the_confirmation_says_that_later_writes_are_lost(tmp_path, cluster):
+    meta = snapshots.verify(backup_pair(tmp_path, cluster), cluster)
+    text = backup.confirmation(cluster, meta, [])
+    assert "EVERYTHING WRITTEN TO THE CLUSTER AFTER 2026-11-29T19:13:37Z IS LOST" in text
+    assert "bk1, bk2, bk3" in text and "revision 11" in text

@@ -23,15 +23,26 @@ from .base import Phase
 SAVE_TIMEOUT = "600s"
 
 
+def has_etcdctl(ctx, node) -> bool:
+    return any(t.endswith("/etcdctl") for t in etcd.tools(ctx, node))
+
+
 def source(ctx):
-    """The member to take the snapshot from: the first healthy one in inventory order."""
+    """The member to take the snapshot from: the first healthy one in inventory order. Stacked
+    etcd, where no control plane has etcdctl yet to ask: the first whose kubelet runs (its
+    health is checked once the playbook installed etcdctl)."""
     c = ctx.cluster
-    for n in etcd.members(c):
+    members = [n for n in etcd.members(c) if ctx.facts.get(n.name) and ctx.facts[n.name].reachable]
+    for n in members:
         if etcd.kind(c) == etcd.K3S:
             if ctx.facts[n.name].active("k3s"):
                 return n
         elif etcd.healthy(ctx, n):
             return n
+    if etcd.kind(c) == etcd.STACKED:
+        for n in members:
+            if not has_etcdctl(ctx, n) and ctx.facts[n.name].active("kubelet"):
+                return n
     return None
 
 
@@ -99,8 +110,7 @@ class Backup(Phase):
         return etcd.probes(c, node)
 
     def needs_etcdctl(self, ctx, node) -> bool:
-        return etcd.kind(ctx.cluster) != etcd.K3S and not any(
-            t.endswith("/etcdctl") for t in etcd.tools(ctx, node))
+        return etcd.kind(ctx.cluster) != etcd.K3S and not has_etcdctl(ctx, node)
 
     def refusals(self, ctx):
         if source(ctx) is None:
@@ -124,7 +134,11 @@ class Backup(Phase):
     def run(self, run, nodes):
         node = nodes[0]
         if self.needs_etcdctl(run.ctx, node):
-            run.converge(self, [node])
+            run.converge(self, [node])  # installs etcdctl, probes again
+            if not etcd.healthy(run.ctx, node):
+                raise UserError(f"{node.name}: etcdctl is installed now, but the etcd member "
+                                "does not answer `endpoint health` over TLS; nothing to back "
+                                "up from (invoke cluster.status)")
         take(run, node)
 
 

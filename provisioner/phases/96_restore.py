@@ -38,9 +38,10 @@ class Restore(Phase):
                 yield (f"{n.name}: etcd member not reachable ({f.error if f else 'not probed'}):"
                        " every member is restored together; bring it back (or take it out of "
                        "the inventory's members) first")
-            elif etcd.member_state(ctx, n) == etcd.TODO and not etcd.tools(ctx, n):
+            elif (etcd.kind(ctx.cluster) == etcd.EXTERNAL and not etcd.tools(ctx, n)
+                  and etcd.member_state(ctx, n) == etcd.TODO):
                 yield (f"{n.name}: neither etcdutl nor etcdctl is installed (Debian package "
-                       "etcd-client has etcdctl)")
+                       "etcd-client has etcdctl; cluster.up installs it with etcd)")
 
     def checks(self, ctx, node):
         state = etcd.member_state(ctx, node)
