@@ -42,12 +42,16 @@ def _refuse(run, phases) -> None:
         raise UserError("refused before any change:\n  " + "\n  ".join(refusals))
 
 
-def _execute(run, phases) -> list:
+def _execute(run, phases, seconds: dict | None = None) -> list:
+    """Every phase with work, in order; `seconds` gets each phase's wall time."""
     done = []
     for phase in phases:
         work = phase.work(run.ctx)  # fresh: earlier phases changed the facts
+        start = time.monotonic()
         if work:
             run.apply(phase, work)
+        if seconds is not None:
+            seconds[phase.title] = time.monotonic() - start
         done.append((phase, work))
     return done
 
@@ -117,6 +121,11 @@ def restore(cluster: Cluster, snapshot: str, plan: bool = False, confirm=None,
     if meta["etcd"] != etcd.kind(cluster):
         say(f"note: the snapshot was taken from {meta['etcd']} etcd; the inventory has "
             f"{etcd.kind(cluster)} etcd: restoring into that")
+    theirs = sorted(m["name"] for m in meta["members"])
+    ours = sorted(n.name for n in etcd.members(cluster))
+    if theirs != ours:
+        say(f"note: the snapshot was taken with members {', '.join(theirs)}; it is restored "
+            f"onto the inventory's members {', '.join(ours)}")
     started = time.monotonic()
     with actions.session(cluster, survey=False, phases=RESTORE) as run:
         run.rerun = (f"rerun cluster.restore --snapshot {meta['path']}: it goes on from where "
@@ -144,7 +153,8 @@ def restore(cluster: Cluster, snapshot: str, plan: bool = False, confirm=None,
         if confirm is not None and not confirm(confirmation(cluster, meta, todo)):
             return None
         write_secret(journal_path(cluster), (json.dumps(r, indent=1) + "\n").encode())
-        out["done"] = _execute(run, RESTORE)
+        out["phase_seconds"] = {}
+        out["done"] = _execute(run, RESTORE, out["phase_seconds"])
         ph.RESTORE.cleanup(run)
         journal_path(cluster).unlink(missing_ok=True)
         out["seconds"] = time.monotonic() - started

@@ -217,6 +217,22 @@ def test_a_damaged_snapshot_is_refused_and_changes_nothing(blab, backed_up, tmp_
     assert backup.read_journal(blab.cluster) is None
 
 
+def test_restore_asks_first_and_a_wrong_answer_changes_nothing(blab, backed_up):
+    started = {n: ok(blab, n, "systemctl show -p ActiveEnterTimestampMonotonic etcd")
+               for n in MEMBERS}
+    r = subprocess.run([INVOKE, "cluster.restore", "--snapshot", str(backed_up["path"]), "-i",
+                        str(INVENTORY)], cwd=REPO, capture_output=True, text=True, timeout=300,
+                       input="not-the-name\n",
+                       env=dict(os.environ, PROVISIONER_STATE_DIR=str(blab.cluster.state_dir)))
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "IS LOST" in r.stdout and "type the cluster name to restore" in r.stdout
+    assert r.stdout.strip().endswith("not confirmed; nothing changed")
+    assert backup.read_journal(blab.cluster) is None
+    assert {n: ok(blab, n, "systemctl show -p ActiveEnterTimestampMonotonic etcd")
+            for n in MEMBERS} == started
+    assert all(api_answers(blab, n) for n in MEMBERS)
+
+
 def test_restore_resumes_after_a_failure_in_the_middle(blab, backed_up):
     """bk3's restore tool fails: the play stops on every member before any starts (bk1 and bk2
     restored in place). A rerun finds that from each member's end state and finishes."""

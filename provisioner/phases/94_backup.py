@@ -54,7 +54,7 @@ def save_script(c, node, remote: str) -> str:
         d = remote + ".d"
         return (f"set -eu\numask 077\nrm -rf {q(d)}\nmkdir -p {q(d)}\n"
                 f"trap 'rm -rf {q(d)}' EXIT\n"
-                f"k3s etcd-snapshot save --dir {q(d)} --name provisioner >&2\n"
+                f"k3s etcd-snapshot save --etcd-snapshot-dir {q(d)} --name provisioner >&2\n"
                 f"f=$(ls -t {q(d)}/provisioner* | head -n 1)\n"
                 f"mv \"$f\" {q(remote)}\n"
                 f"printf '{{\"sha256\": \"%s\", \"size\": %s, \"version\": \"%s\"}}\\n' "

@@ -188,9 +188,10 @@ def restore(c, snapshot, inventory=DEFAULT_INVENTORY, plan=False, yes=False):
                                                  if result["resumed"] else ""))
         return
     print_plan(result["done"], verb="did")
+    phases = ", ".join(f"{k} {v:.1f} s" for k, v in result["phase_seconds"].items())
     print(f"cluster {cluster.cluster_name} restored from {result['meta']['path']} in "
-          f"{result['seconds']:.1f} s; the old etcd data dirs are kept beside the new ones "
-          "(/var/lib/etcd.before-restore-*)")
+          f"{result['seconds']:.1f} s ({phases}); the old etcd data dirs are kept beside the "
+          "new ones (/var/lib/etcd.before-restore-*)")
 
 
 # -- preflight and host-key trust (SSH layer: provisioner/ssh.py, facts.py, preflight.py) -------
