@@ -618,15 +618,19 @@ class Pool:
         (the host is not connected) or OSError / paramiko.SSHException."""
         digest = hashlib.sha256()
         fd = os.open(local, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with self._host_locks[host], os.fdopen(fd, "wb") as out:
-            sftp = self._sftp_for(host)
-            with sftp.open(remote, "rb") as f:
-                f.prefetch()
-                while chunk := f.read(1 << 20):
-                    digest.update(chunk)
-                    out.write(chunk)
-            out.flush()
-            os.fsync(out.fileno())
+        try:
+            with self._host_locks[host], os.fdopen(fd, "wb") as out:
+                sftp = self._sftp_for(host)
+                with sftp.open(remote, "rb") as f:
+                    f.prefetch()
+                    while chunk := f.read(1 << 20):
+                        digest.update(chunk)
+                        out.write(chunk)
+                out.flush()
+                os.fsync(out.fileno())
+        except BaseException:
+            os.unlink(local)  # ours (O_EXCL): never a partial copy left behind
+            raise
         return digest.hexdigest()
 
     def send(self, host: str, local: str | os.PathLike, remote: str, mode: int = 0o600) -> None:
