@@ -173,6 +173,8 @@ def verify(snapshot: str | os.PathLike, cluster: Cluster) -> dict:
     the snapshot's size and sha256, its cluster and distribution. Returns the metadata with
     `path` (absolute) added; UserError with what is wrong, and nothing changed anywhere."""
     path = Path(snapshot).expanduser().absolute()
+    if path.suffix == ".json":  # the metadata file was named: its snapshot is beside it
+        path = path.with_suffix(".db")
     if not path.is_file():
         raise UserError(f"--snapshot {snapshot}: no such file")
     meta = read_metadata(metadata_path(path))

@@ -94,6 +94,13 @@ def test_verify_accepts_an_intact_snapshot_of_this_cluster(tmp_path, cluster):
     assert meta["path"] == str(db) and meta["cluster_name"] == "labbackup"
 
 
+def test_naming_the_metadata_file_finds_its_snapshot(tmp_path, cluster):
+    db = backup_pair(tmp_path, cluster)
+    assert snapshots.verify(db.with_suffix(".json"), cluster)["path"] == str(db)
+    with pytest.raises(UserError, match="no such file"):
+        snapshots.verify(tmp_path / "20261129T191338Z.db", cluster)
+
+
 def test_one_changed_byte_is_refused(tmp_path, cluster):
     db = backup_pair(tmp_path, cluster)
     data = bytearray(db.read_bytes())
