@@ -1,10 +1,12 @@
 """The cluster's etcd as backup and restore see it: which hosts are members, how to talk to them,
 and what a member's end state is. Shared by phases 94 (backup) and 95-97 (restore).
 
-    kind       members                     etcdctl certificates        data dir      stopped by
-    external   the `etcd` group (systemd)  /etc/etcd/pki               /var/lib/etcd systemctl stop etcd
-    stacked    kubeadm control planes      /etc/kubernetes/pki/etcd    /var/lib/etcd its static pod manifest aside
-    k3s        k3s servers (embedded)      (k3s etcd-snapshot)         /var/lib/rancher/k3s/server/db  systemctl stop k3s
+    external  members: the `etcd` group, under systemd; etcdctl certificates /etc/etcd/pki;
+              data /var/lib/etcd; stopped with systemctl
+    stacked   members: the kubeadm control planes; certificates /etc/kubernetes/pki/etcd;
+              data /var/lib/etcd; stopped by moving its static pod manifest aside
+    k3s       members: the k3s servers (embedded etcd); snapshots by `k3s etcd-snapshot`;
+              data /var/lib/rancher/k3s/server/db; stopped with k3s
 
 A restore gives the cluster a NEW cluster token. etcd derives every member ID from its peer
 URLs and that token, and the cluster ID from the member IDs (`member_id`, `cluster_id`, as
