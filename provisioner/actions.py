@@ -54,6 +54,7 @@ class Run:
     pool: object = None
     progress: object = None
     phases: tuple = UP  # the action's phases: what the probe reads for
+    rerun: str = ""  # how to resume after a failed phase, when not `rerun cluster.up`
 
     # -- building the context (call with the state lock held) --------------------------------
     @classmethod
@@ -264,7 +265,8 @@ class Run:
                 + "\n".join(f"  {h}: {e}" for h, e in sorted(errors.items()))
                 + (f"\nfull log: {log}" if log else "")
                 + "\nthe other hosts finished this phase; fix the cause (or bring the host back)"
-                f" and rerun cluster.up (or `--from {phase.title}`)")
+                + (f" and {self.rerun}" if self.rerun else
+                   f" and rerun cluster.up (or `--from {phase.title}`)"))
 
     def _stamp(self, phase: ph.Phase, nodes: list[Node], errors: dict) -> None:
         """Record that the phase finished, only on hosts whose end state is reached now."""

@@ -10,11 +10,12 @@ from __future__ import annotations
 KUBERNETES_DIR = "/etc/kubernetes"
 ADMIN_CONF = "/etc/kubernetes/admin.conf"
 KUBELET_CONF = "/etc/kubernetes/kubelet.conf"
+KUBELET_CONFIG = "/var/lib/kubelet/config.yaml"  # written by kubeadm's kubelet-start step
 KUBEADM_INIT = "/etc/kubernetes/kubeadm-init.yaml"
 KUBEADM_JOIN = "/etc/kubernetes/kubeadm-join.yaml"
 KUBE_PKI = "/etc/kubernetes/pki"
 MANIFESTS = "/etc/kubernetes/manifests"
-MANIFESTS_ASIDE = "/etc/kubernetes/manifests-aside"  # static pods stopped for a restart (96-certs)
+MANIFESTS_ASIDE = "/etc/kubernetes/manifests-aside"  # static pods stopped for a restart (98-certs)
 ADDONS = "/etc/kubernetes/addons"
 NODE_META = "/etc/kubernetes/provisioner/node-meta.json"
 KUBEADM_LOG = "/var/log/provisioner/kubeadm.log"

@@ -106,7 +106,7 @@ def test_renew_phases_are_day_two_and_numbered():
     assert ph.CERTS not in ph.ALL and ph.REISSUE_ETCD_CERTS not in ph.ALL
     assert [p.title for p in certs.RENEW] == ["reissue-etcd-certs", "etcd", "certs",
                                                "kubeconfig"]
-    assert ph.CERTS.playbook == "96-certs.yml" and ph.CERTS.serial
+    assert ph.CERTS.playbook == "98-certs.yml" and ph.CERTS.serial
     assert not certs.REFRESH_KUBECONFIG.needs_bundle and ph.KUBECONFIG.needs_bundle
 
 

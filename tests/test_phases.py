@@ -60,7 +60,7 @@ def test_the_phase_modules_are_the_documented_spine():
         "prepare", "runtime", "etcd", "loadbalancer", "binaries", "control-plane",
         "join-control-plane", "join-workers", "cni", "addons", "node-meta", "kubeconfig"]
     modules = sorted(p.name for p in (Path(ph.__file__).parent).glob("[0-8][0-9]_*.py"))
-    assert len(modules) == len(actions.UP)  # 9x: day-2 actions (93 upgrade), not cluster.up
+    assert len(modules) == len(actions.UP)  # 9x: day-2 actions, not cluster.up
     for module, phase in zip(modules, actions.UP):
         number = module[:2]
         assert module == f"{number}_{phase.title.replace('-', '_')}.py"

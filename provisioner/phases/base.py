@@ -95,6 +95,11 @@ class Phase:
         {name: argv}, "certs": [...]}."""
         return {}
 
+    def refusals(self, ctx: Context) -> Iterable[str]:
+        """Why this phase cannot run at all (e.g. no healthy etcd member to back up from): an
+        action asks every phase of its list before it changes anything."""
+        return ()
+
     def hostvars(self, ctx: Context, node: Node) -> dict:
         """Extra variables this phase's playbook reads for a host."""
         return {}

@@ -17,6 +17,9 @@ HELP = {
     "trust_new_hosts": "record the SSH host keys of hosts not yet in known_hosts",
     "yes": "do not ask for confirmation",
     "files": "also list every managed file per host (new, changed, unchanged) and its services",
+    "plan": "only say what would be done (probes the hosts, changes nothing)",
+    "snapshot": "a backup made by cluster.backup: <state>/<cluster>/backups/<UTC time>.db "
+                "(its .json must be beside it)",
 }
 
 
@@ -135,6 +138,60 @@ def reset(c, inventory=DEFAULT_INVENTORY, yes=False):
         return
     actions.reset(cluster)
     print(f"cluster {cluster.cluster_name} removed from its hosts")
+
+
+# -- etcd backup and restore (provisioner/backup.py; phases 94-97) ----------------------------
+
+@task(help=helps("inventory", "plan"))
+@user_errors
+def backup(c, inventory=DEFAULT_INVENTORY, plan=False):
+    """Snapshot etcd from a healthy member into <state>/<cluster>/backups/; print its path."""
+    from .. import backup as actions_backup
+
+    cluster = inv.load(inventory)
+    result = actions_backup.backup(cluster, plan=plan)
+    if plan:
+        print_plan(result["plan"])
+        return
+    meta = result["metadata"]
+    rev = f", revision {meta['revision']}" if meta.get("revision") else ""
+    print(f"backup of {cluster.cluster_name} from {meta['member']['name']}{rev}, "
+          f"{meta['size']} bytes, sha256 {meta['sha256'][:16]}... in "
+          f"{result['total_seconds']:.1f} s")
+    for stem in result["removed"]:
+        print(f"removed the old backup {stem} (backup_keep: {cluster.backup_keep})")
+    print(result["path"])
+
+
+@task(help=helps("inventory", "snapshot", "plan", "yes"))
+@user_errors
+def restore(c, snapshot, inventory=DEFAULT_INVENTORY, plan=False, yes=False):
+    """Restore etcd on every member from a backup; the API servers stop meanwhile. Data
+    written after the snapshot is lost. Resumable: rerun after a failure."""
+    from .. import backup as actions_backup
+
+    cluster = inv.load(inventory)
+
+    def confirm(message: str) -> bool:
+        if yes:
+            return True
+        print(message)
+        return input("type the cluster name to restore: ").strip() == cluster.cluster_name
+
+    result = actions_backup.restore(cluster, snapshot, plan=plan, confirm=confirm)
+    if result is None:
+        print("not confirmed; nothing changed")
+        return
+    if plan:
+        n = print_plan(result["plan"])
+        print(f"{n} change(s) would be made" + (" (resuming an unfinished restore)"
+                                                 if result["resumed"] else ""))
+        return
+    print_plan(result["done"], verb="did")
+    phases = ", ".join(f"{k} {v:.1f} s" for k, v in result["phase_seconds"].items())
+    print(f"cluster {cluster.cluster_name} restored from {result['meta']['path']} in "
+          f"{result['seconds']:.1f} s ({phases}); the old etcd data dirs are kept beside the "
+          "new ones (/var/lib/etcd.before-restore-*)")
 
 
 # -- preflight and host-key trust (SSH layer: provisioner/ssh.py, facts.py, preflight.py) -------

@@ -1,4 +1,4 @@
-"""Phase certs (day 2, `invoke cluster.certs --renew`) ↔ playbooks/96-certs.yml, on each kubeadm
+"""Phase certs (day 2, `invoke cluster.certs --renew`) ↔ playbooks/98-certs.yml, on each kubeadm
 control plane, one at a time (the others keep serving the API): the API servers' etcd client
 certificate re-issued by the controller is pushed; the control plane's static pods are stopped
 by moving their manifests aside (what the kubeadm docs recommend: the kubelet stops a static pod
@@ -44,7 +44,7 @@ def renewed_by(since: dt.datetime) -> dt.datetime:
 
 class Certs(Phase):
     title = "certs"
-    playbook = "96-certs.yml"
+    playbook = "98-certs.yml"
     serial = True
 
     def hosts(self, c):
@@ -159,5 +159,5 @@ class Certs(Phase):
             run.probe(list(fresh))
 
 
-RENEWAL = "certs_renewal"  # ctx.local key set by provisioner.certs (see 96_etcd_certs.py)
+RENEWAL = "certs_renewal"  # ctx.local key set by provisioner.certs (see 98_etcd_certs.py)
 PHASE = Certs()

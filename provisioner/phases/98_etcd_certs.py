@@ -2,7 +2,7 @@
 playbook): the etcd certificates we issue are signed again by the controller's etcd CA, with
 new serials and validity but the same subject, SANs, usages and key (provisioner.pki.renew_cert).
 Phase 03 etcd then pushes them and restarts the members one at a time, each healthy over TLS
-before the next; 96 certs pushes the API servers' etcd client certificate.
+before the next; 98 certs pushes the API servers' etcd client certificate.
 
 Done means: the controller's certificate no longer has the serial it had when the renewal
 started (recorded in state/<cluster>/certs-renew.json, so a rerun after a failure re-issues
