@@ -16,28 +16,20 @@ import pytest
 
 from provisioner import actions, backup, snapshots
 from provisioner.errors import UserError
-from tests.conftest import REPO, check_up, lab_cluster, require_lab
+from tests.conftest import REPO, booted_lab
 
 pytestmark = pytest.mark.lab
 
 
 @pytest.fixture(scope="module")
 def k3s_lab(tmp_path_factory):
-    require_lab()
-    from provisioner.lab.nspawn import Lab
     from tests.standins import make_standin_bundle
 
-    cluster = lab_cluster(REPO / "tests/data/lab-backup-k3s.yml",
-                          tmp_path_factory.mktemp("backup-k3s-state"))
-    lab = Lab(cluster, log=lambda msg: None)
-    with lab.locked(wait=900):
-        try:
-            check_up(lab.up())
-            bundle = make_standin_bundle(tmp_path_factory.mktemp("bundle"), cluster)
-            actions.up(cluster, bundle_dir=str(bundle))
-            yield lab
-        finally:
-            lab.down()
+    with booted_lab(REPO / "tests/data/lab-backup-k3s.yml",
+                    tmp_path_factory.mktemp("backup-k3s-state")) as lab:
+        bundle = make_standin_bundle(tmp_path_factory.mktemp("bundle"), lab.cluster)
+        actions.up(lab.cluster, bundle_dir=str(bundle))
+        yield lab
 
 
 def test_k3s_backup_through_etcd_snapshot_save(k3s_lab):

@@ -25,7 +25,7 @@ import pytest
 
 from provisioner import actions, backup, etcd, snapshots
 from provisioner.errors import UserError
-from tests.conftest import REPO, check_up, lab_cluster, require_lab
+from tests.conftest import REPO, booted_lab
 
 pytestmark = pytest.mark.lab
 
@@ -42,21 +42,13 @@ INVOKE = str(Path(sys.executable).parent / "invoke")
 @pytest.fixture(scope="module")
 def blab(tmp_path_factory):
     """The lab booted and converged by cluster.up with the stand-in bundle (real etcd)."""
-    require_lab()
-    from provisioner.lab.nspawn import Lab
     from tests.standins import make_standin_bundle
 
-    cluster = lab_cluster(INVENTORY, tmp_path_factory.mktemp("backup-state"))
-    lab = Lab(cluster, log=lambda msg: None)
-    with lab.locked(wait=900):
-        try:
-            check_up(lab.up())
-            bundle = make_standin_bundle(tmp_path_factory.mktemp("bundle"), cluster)
-            actions.up(cluster, bundle_dir=str(bundle))
-            lab.bundle = str(bundle)
-            yield lab
-        finally:
-            lab.down()
+    with booted_lab(INVENTORY, tmp_path_factory.mktemp("backup-state")) as lab:
+        bundle = make_standin_bundle(tmp_path_factory.mktemp("bundle"), lab.cluster)
+        actions.up(lab.cluster, bundle_dir=str(bundle))
+        lab.bundle = str(bundle)
+        yield lab
 
 
 def ok(lab, node, cmd, timeout=300):

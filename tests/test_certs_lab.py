@@ -21,7 +21,7 @@ from cryptography import x509
 
 from provisioner import actions, certs
 from provisioner.state import State
-from tests.conftest import REPO, check_up, lab_cluster, require_lab
+from tests.conftest import REPO, booted_lab
 
 pytestmark = pytest.mark.lab
 MEMBERS = ("cert1", "cert2", "cert3")
@@ -30,17 +30,8 @@ ETCD_FILES = ("server.crt", "peer.crt", "healthcheck-client.crt")
 
 @pytest.fixture(scope="module")
 def certs_lab(tmp_path_factory):
-    require_lab()
-    from provisioner.lab.nspawn import Lab
-
-    cluster = lab_cluster(REPO / "tests/data/lab-certs.yml", tmp_path_factory.mktemp("certs"))
-    lab = Lab(cluster, log=lambda msg: None)
-    with lab.locked(wait=600):
-        try:
-            check_up(lab.up())
-            yield lab
-        finally:
-            lab.down()
+    with booted_lab(REPO / "tests/data/lab-certs.yml", tmp_path_factory.mktemp("certs")) as lab:
+        yield lab
 
 
 @pytest.fixture(scope="module")

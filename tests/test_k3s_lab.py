@@ -14,24 +14,15 @@ import pytest
 
 from provisioner import actions
 from provisioner.state import State
-from tests.conftest import REPO, check_up, lab_cluster, require_lab
+from tests.conftest import REPO, booted_lab, lab_cluster
 
 pytestmark = pytest.mark.lab
 
 
 @pytest.fixture(scope="module")
 def k3s_lab(tmp_path_factory):
-    require_lab()
-    from provisioner.lab.nspawn import Lab
-
-    cluster = lab_cluster(REPO / "tests/data/lab-k3s.yml", tmp_path_factory.mktemp("k3s-state"))
-    lab = Lab(cluster, log=lambda msg: None)
-    with lab.locked(wait=600):
-        try:
-            check_up(lab.up())
-            yield lab
-        finally:
-            lab.down()
+    with booted_lab(REPO / "tests/data/lab-k3s.yml", tmp_path_factory.mktemp("k3s-state")) as lab:
+        yield lab
 
 
 def records(lab, node):

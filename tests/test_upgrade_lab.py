@@ -21,7 +21,7 @@ import pytest
 
 from provisioner import actions, upgrade as upgrades
 from provisioner.errors import UserError
-from tests.conftest import REPO, check_up, lab_cluster, require_lab
+from tests.conftest import REPO, booted_lab
 
 pytestmark = pytest.mark.lab
 
@@ -33,17 +33,8 @@ FIRST, W1 = CPS[0], WORKERS[0]
 
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory):
-    require_lab()
-    from provisioner.lab.nspawn import Lab
-
-    cluster = lab_cluster(INVENTORY, tmp_path_factory.mktemp("upgrade-state"))
-    the_lab = Lab(cluster, log=lambda msg: None)
-    with the_lab.locked(wait=600):
-        try:
-            check_up(the_lab.up())
-            yield the_lab
-        finally:
-            the_lab.down()
+    with booted_lab(INVENTORY, tmp_path_factory.mktemp("upgrade-state")) as the_lab:
+        yield the_lab
 
 
 @pytest.fixture(scope="module")
