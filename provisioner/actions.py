@@ -228,6 +228,18 @@ class Run:
             raise PhaseFailed(f"phase {phase.title} did not converge: " + "; ".join(
                 f"{h}: {', '.join(p)}" for h, p in left.items()))
 
+    def apply_all(self, phases, progress=None) -> list[tuple[ph.Phase, dict[str, list[str]]]]:
+        """Each phase in order on the hosts it has work on; what each did."""
+        done = []
+        for phase in phases:
+            work = phase.work(self.ctx)  # fresh: earlier phases changed the facts
+            if progress:
+                progress.phase(phase.title, sorted(work))
+            if work:
+                self.apply(phase, work)
+            done.append((phase, work))
+        return done
+
     def converge(self, phase: ph.Phase, nodes: list[Node], serial: bool | None = None) -> None:
         """The usual run of a phase: push its changed files, run its playbook on `nodes` (one
         at a time when serial), probe again, and stamp the hosts whose end state is reached. A
@@ -406,15 +418,7 @@ def up(cluster: Cluster, bundle_dir=None, start=None, dry_run=False, trust_new=F
     todo = phases_from(start, phases)
     with session(cluster, bundle_dir, progress=progress, trust_new=trust_new,
                  phases=phases) as run:
-        done = []
-        for phase in todo:
-            work = phase.work(run.ctx)  # fresh: earlier phases changed the facts
-            if progress:
-                progress.phase(phase.title, sorted(work))
-            if work:
-                run.apply(phase, work)
-            done.append((phase, work))
-        return done
+        return run.apply_all(todo, progress)
 
 
 def check(cluster: Cluster, trust_new=False) -> tuple[list, dict]:

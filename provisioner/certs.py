@@ -333,13 +333,6 @@ def renew(cluster: Cluster, dry_run=False, trust_new=False, progress=None) -> li
                             "before its certificates are renewed one member at a time "
                             "(a restart would otherwise lose quorum):\n  " + "\n  ".join(sick))
         begin(run, write=True)
-        done = []
-        for phase in RENEW:
-            work = phase.work(run.ctx)
-            if progress:
-                progress.phase(phase.title, sorted(work))
-            if work:
-                run.apply(phase, work)
-            done.append((phase, work))
+        done = run.apply_all(RENEW, progress)
         renewal_file(run).unlink(missing_ok=True)
         return done

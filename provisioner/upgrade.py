@@ -169,14 +169,7 @@ def upgrade(cluster: Cluster, to: str, bundle_dir=None, max_unavailable: int = 1
         before = node_versions(run.ctx)
         if dry_run:
             return Result(run.plan(UPGRADE), to, before, dry_run=True)
-        done = []
-        for phase in UPGRADE:
-            work = phase.work(run.ctx)
-            if progress:
-                progress.phase(phase.title, sorted(work))
-            if work:
-                run.apply(phase, work)
-            done.append((phase, work))
+        done = run.apply_all(UPGRADE, progress)
         left = skew_problems(node_versions(run.ctx)) + [
             f"{n}: still cordoned" for n in cordoned(run.ctx)]
         if left:
