@@ -54,6 +54,7 @@ class Run:
     pool: object = None
     progress: object = None
     phases: tuple = UP  # the action's phases: what the probe reads for
+    rerun: str = ""  # how to resume after a failed phase, when not `rerun cluster.up`
 
     # -- building the context (call with the state lock held) --------------------------------
     @classmethod
@@ -88,7 +89,7 @@ class Run:
         wanted, commands, certs = {}, {}, {}
         for name in names:
             node = self.cluster.node(name)
-            files, cmds = set(), {}
+            files, cmds, cert_paths = set(), {}, set()
             for phase in dict.fromkeys(UP + tuple(self.phases)):
                 if node not in phase.hosts(self.cluster):
                     continue
@@ -97,9 +98,14 @@ class Run:
                 extra = phase.probes(self.cluster, node)
                 files.update(extra.get("paths", ()))
                 cmds.update(extra.get("commands", {}))
+                cert_paths.update(extra.get("certs", ()))
+            packages = sorted({p for phase in self.phases if node in phase.hosts(self.cluster)
+                               for p in phase.packages})
+            if packages:
+                cmds[preflight.POLICY] = ["apt-cache", "policy", *packages]
             wanted[name] = sorted(files)
             commands[name] = cmds
-            certs[name] = [path for path, _ in CAS]
+            certs[name] = [path for path, _ in CAS] + sorted(cert_paths - {p for p, _ in CAS})
         found = host_facts.probe(self.pool, wanted, services=paths.SERVICES, hosts=names,
                                  commands_by_host=commands, certs_by_host=certs)
         self.ctx.facts.update(found)
@@ -127,12 +133,23 @@ class Run:
                 out.append((phase.title, i.path, state))
         return out
 
-    def preflight(self) -> None:
+    def problems(self) -> list[preflight.HostProblem]:
+        """Preflight of every host, with the package versions the action's phases need."""
         problems = preflight.check(self.cluster, self.ctx.facts)
+        for node in self.cluster.nodes:
+            f = self.ctx.facts.get(node.name)
+            minimum = {p: v for phase in self.phases if node in phase.hosts(self.cluster)
+                       for p, v in phase.packages.items()}
+            if f is not None and f.reachable and minimum:
+                problems += preflight.package_problems(node, f, minimum)
+        return problems
+
+    def preflight(self) -> None:
+        problems = self.problems()
         if preflight.has_errors(problems):
             raise UserError("preflight found problems; nothing was changed on any host\n"
                             + preflight.report(problems))
-        refusals = self.foreign_cas() + self.version_changes()
+        refusals = self.foreign_cas() + self.version_changes() + self.fixed_changes()
         if refusals:
             raise UserError("refused before any change:\n" + "\n".join(refusals))
 
@@ -158,7 +175,7 @@ class Run:
         """A built node running another Kubernetes version than the inventory's: changing
         versions is an upgrade (drain, kubeadm upgrade), never a plain binary swap."""
         want = self.cluster.kubernetes_version
-        out = []
+        out, running = [], set()
         for node in self.cluster.kube_nodes:
             built = any(phase.completed_once(self.ctx, node) for phase in
                         (ph.CONTROL_PLANE, ph.JOIN_CONTROL_PLANE, ph.JOIN_WORKERS)
@@ -170,6 +187,31 @@ class Run:
                 out.append(f"{node.name}: runs {tool} {have.group(0)}, the inventory says {want};"
                            f" a version change is an upgrade: run `invoke cluster.upgrade --to "
                            f"{want}`, or set kubernetes_version back to {have.group(0)}")
+                running.add(have.group(0))
+        running.discard(want)
+        if len(running) == 1 and len(out) == len(self.cluster.kube_nodes):
+            # every node runs one other version: an upgrade finished, the file was not edited
+            v = running.pop()
+            return [f"every node runs {v}, the inventory says {want}: after `cluster.upgrade "
+                    f"--to {v}` set kubernetes_version: {v} in "
+                    f"{self.cluster.source or 'the inventory'} (or upgrade to {want})"]
+        return out
+
+    def fixed_changes(self) -> list[str]:
+        """Settings a built cluster cannot change in place (pod and service networks, DNS
+        domain), compared with what the hosts' markers say it was built with."""
+        if not any(ph.CONTROL_PLANE.completed_once(self.ctx, n)
+                   for n in ph.CONTROL_PLANE.hosts(self.cluster)):
+            return []
+        out = []
+        for key in ph.PREPARE.fixed:
+            built = {str(m[key]) for n in self.cluster.nodes
+                     if (m := getattr(self.ctx.facts[n.name], "marker", None) or {}).get(key)}
+            want = str(getattr(self.cluster, key))
+            if built and built != {want}:
+                out.append(f"{key}: the cluster was built with {', '.join(sorted(built))}; it "
+                           f"cannot change to {want} in place (set it back; a different one "
+                           "needs a new cluster)")
         return out
 
     # -- plan and apply --------------------------------------------------------------------------
@@ -186,46 +228,68 @@ class Run:
             raise PhaseFailed(f"phase {phase.title} did not converge: " + "; ".join(
                 f"{h}: {', '.join(p)}" for h, p in left.items()))
 
+    def apply_all(self, phases, progress=None) -> list[tuple[ph.Phase, dict[str, list[str]]]]:
+        """Each phase in order on the hosts it has work on; what each did."""
+        done = []
+        for phase in phases:
+            work = phase.work(self.ctx)  # fresh: earlier phases changed the facts
+            if progress:
+                progress.phase(phase.title, sorted(work))
+            if work:
+                self.apply(phase, work)
+            done.append((phase, work))
+        return done
+
     def converge(self, phase: ph.Phase, nodes: list[Node], serial: bool | None = None) -> None:
         """The usual run of a phase: push its changed files, run its playbook on `nodes` (one
-        at a time when serial), stamp, probe again. A host that fails or is lost is dropped and
-        the others finish the phase; then the phase fails naming that host, so a rerun (after
-        the host is back) picks up exactly what is left."""
+        at a time when serial), probe again, and stamp the hosts whose end state is reached. A
+        host that fails or is lost is dropped and the others finish the phase; then the phase
+        fails naming that host, so a rerun (after the host is back) picks up what is left."""
         serial = phase.serial if serial is None else serial
         changed = {n.name: phase.changed(self.ctx, n) for n in nodes}
         hostvars = {n.name: self._hostvars(phase, n, changed[n.name]) for n in nodes}
         errors = self._push(phase, changed)
         nodes = [n for n in nodes if n.name not in errors]
         log = None
+        done = []
         if phase.playbook and nodes:
-            done = []
             for batch in ([n] for n in nodes) if serial else [nodes]:
                 result = runner.run_playbook(
                     self.cluster, phase.playbook, batch, extravars=playbook_vars(self.cluster),
                     hostvars={n.name: hostvars[n.name] for n in batch},
                     state_dir=self.state.dir, known_hosts=self.state.known_hosts,
                     secrets=self.ctx.secrets, progress=self.progress, phase=phase.title)
-                for host, task, msg in result.failures:
-                    errors.setdefault(host, f"{task}: {msg}")
+                for host, task, msg in result.failures:  # the last says most (a rescue's why)
+                    errors[host] = f"{task}: {msg}"
                 done += [n for n in batch if n.name not in errors]
                 if not result.ok:
                     log = result.log_path
                     if serial:  # the next host goes only after this one succeeded
                         break
-            stamps = {n.name: {phase.stamp_path: (phase.stamp(self.ctx, n), 0o644)}
-                      for n in done if phase.stamped(self.ctx, n)}
-            errors.update(self._put(stamps))
         if nodes:
             for line in self.probe([n.name for n in nodes]):
                 host, _, why = line.partition(": ")
                 errors.setdefault(host, "lost contact: " + why)
+        self._stamp(phase, [n for n in done if n.name not in errors], errors)
         if errors:
             raise PhaseFailed(
                 f"phase {phase.title} failed on {', '.join(sorted(errors))}:\n"
                 + "\n".join(f"  {h}: {e}" for h, e in sorted(errors.items()))
                 + (f"\nfull log: {log}" if log else "")
                 + "\nthe other hosts finished this phase; fix the cause (or bring the host back)"
-                f" and rerun cluster.up (or `--from {phase.title}`)")
+                + (f" and {self.rerun}" if self.rerun else
+                   f" and rerun cluster.up (or `--from {phase.title}`)"))
+
+    def _stamp(self, phase: ph.Phase, nodes: list[Node], errors: dict) -> None:
+        """Record that the phase finished, only on hosts whose end state is reached now."""
+        stamps = {n.name: {phase.stamp_path: (phase.stamp(self.ctx, n), 0o644)}
+                  for n in nodes if phase.stamped(self.ctx, n)
+                  and not list(phase.checks(self.ctx, n))}
+        errors.update(self._put(stamps))
+        for host, files in stamps.items():
+            if host not in errors:
+                data = files[phase.stamp_path][0]
+                self.ctx.facts[host].files[phase.stamp_path] = hashlib.sha256(data).hexdigest()
 
     def renew_join_secrets(self, upload_certs: bool) -> None:
         """Before kubeadm joins: the bootstrap token lives 24 h and the uploaded control plane
@@ -354,19 +418,19 @@ def up(cluster: Cluster, bundle_dir=None, start=None, dry_run=False, trust_new=F
     todo = phases_from(start, phases)
     with session(cluster, bundle_dir, progress=progress, trust_new=trust_new,
                  phases=phases) as run:
-        done = []
-        for phase in todo:
-            work = phase.work(run.ctx)  # fresh: earlier phases changed the facts
-            if progress:
-                progress.phase(phase.title, sorted(work))
-            if work:
-                run.apply(phase, work)
-            done.append((phase, work))
+        done = run.apply_all(todo, progress)
         if list(todo) == list(UP):  # a whole successful run: remember the cluster's hosts
             from .removal import record_hosts
 
             record_hosts(run.state, cluster)
         return done
+
+
+def check(cluster: Cluster, trust_new=False) -> tuple[list, dict]:
+    """`cluster.preflight`: every host probed once; (problems, facts)."""
+    with session(cluster, shared=True, trust_new=trust_new, survey=False) as run:
+        run.probe()
+        return run.problems(), run.ctx.facts
 
 
 def status(cluster: Cluster, trust_new=False) -> dict:

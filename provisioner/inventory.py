@@ -62,6 +62,8 @@ SETTINGS: dict[str, Setting] = {
     "github_mirror": Setting(str, "https://github.com", None,
                              "replaces https://github.com for crictl, CNI plugins and k3s"),
     "state_dir": Setting(str, "state", None, "controller folder for secrets, kubeconfig, logs"),
+    "backup_keep": Setting(int, 10, None, "etcd backups kept in <state>/<cluster>/backups "
+                           "(the newest; at least 1)"),
     "lab_bridge": Setting(str, None, None, "host bridge of the built-in lab"),
     "lab_bridge_address": Setting(str, None, None, "host address on the lab bridge (CIDR)"),
 }

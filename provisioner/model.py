@@ -56,6 +56,7 @@ class Cluster:
     download_mirror: str
     github_mirror: str
     state_dir: str
+    backup_keep: int = 10
     lab_bridge: str | None = None
     lab_bridge_address: str | None = None
     k3s_token_file: str | None = None

@@ -10,10 +10,12 @@ from __future__ import annotations
 KUBERNETES_DIR = "/etc/kubernetes"
 ADMIN_CONF = "/etc/kubernetes/admin.conf"
 KUBELET_CONF = "/etc/kubernetes/kubelet.conf"
+KUBELET_CONFIG = "/var/lib/kubelet/config.yaml"  # written by kubeadm's kubelet-start step
 KUBEADM_INIT = "/etc/kubernetes/kubeadm-init.yaml"
 KUBEADM_JOIN = "/etc/kubernetes/kubeadm-join.yaml"
 KUBE_PKI = "/etc/kubernetes/pki"
 MANIFESTS = "/etc/kubernetes/manifests"
+MANIFESTS_ASIDE = "/etc/kubernetes/manifests-aside"  # static pods stopped for a restart (98-certs)
 ADDONS = "/etc/kubernetes/addons"
 NODE_META = "/etc/kubernetes/provisioner/node-meta.json"
 KUBEADM_LOG = "/var/log/provisioner/kubeadm.log"
@@ -24,6 +26,7 @@ K3S_CONFIG = "/etc/rancher/k3s/config.yaml"
 K3S_ADMIN_CONF = "/etc/rancher/k3s/k3s.yaml"
 K3S_NODE_TOKEN = "/var/lib/rancher/k3s/server/node-token"
 K3S_AGENT_CONF = "/var/lib/rancher/k3s/agent/kubelet.kubeconfig"
+K3S_TLS = "/var/lib/rancher/k3s/server/tls"
 
 # etcd (external members)
 ETCD_PKI = "/etc/etcd/pki"
@@ -58,6 +61,7 @@ PLAYBOOK_VARS = {
     "kubeadm_init": KUBEADM_INIT,
     "kubeadm_join": KUBEADM_JOIN,
     "manifests": MANIFESTS,
+    "manifests_aside": MANIFESTS_ASIDE,
     "addons": ADDONS,
     "node_meta": NODE_META,
     "kubeadm_log": KUBEADM_LOG,

@@ -172,3 +172,36 @@ def ensure(cluster: Cluster, state: State) -> dict[str, dict[str, tuple[bytes, i
 def join_hash(state: State) -> str | None:
     crt = state.pki / "ca.crt"
     return ca_cert_hash(crt.read_bytes()) if crt.exists() else None
+
+
+# -- day 2: `invoke cluster.certs --renew` (provisioner/certs.py) -------------------------------
+
+def renew_cert(folder: Path, name: str, ca, days: int = CERT_DAYS) -> x509.Certificate:
+    """Issue `name.crt` again from `ca`: a new serial and validity, the same subject, SANs,
+    usages and key (the key file is kept, so a node holding the old or the new certificate
+    always has a matching pair while the files are pushed one by one)."""
+    crt, key = folder / f"{name}.crt", folder / f"{name}.key"
+    old, k = _load(crt, key)
+    ca_cert, ca_key = ca
+    builder = (x509.CertificateBuilder().subject_name(old.subject).issuer_name(ca_cert.subject)
+               .public_key(k.public_key()).serial_number(x509.random_serial_number())
+               .not_valid_before(_now()).not_valid_after(_now() + dt.timedelta(days=days)))
+    for ext in old.extensions:
+        if isinstance(ext.value, x509.AuthorityKeyIdentifier):
+            continue
+        builder = builder.add_extension(ext.value, ext.critical)
+    cert = builder.sign(ca_key, hashes.SHA256())
+    write_atomic(crt, cert.public_bytes(serialization.Encoding.PEM))
+    return cert
+
+
+def etcd_issued(cluster: Cluster) -> list[str]:
+    """Names (in state pki/etcd/) of the certificates we issue from the etcd CA."""
+    if not cluster.external_etcd:
+        return []
+    return [f"{n.name}-{kind}" for n in cluster.etcd_nodes for kind in ("server", "peer")] + [
+        "apiserver-etcd-client", "healthcheck-client"]
+
+
+def load_ca(folder: Path, name: str = "ca"):
+    return _load(folder / f"{name}.crt", folder / f"{name}.key")

@@ -245,16 +245,52 @@ def render(problems: list[HostProblem], facts: Mapping[str, Facts], console=None
         console.print(f"[green]preflight: {len(facts)} host(s) ready[/green]")
 
 
-def run(cluster: Cluster, trust_new: bool = False, console=None) -> list[HostProblem]:
-    """Open the cluster's SSH pool, probe every host once, check and print; returns the problems.
+# -- package versions: what the phases install, from the node's own package lists ---------------
 
-    Raises `ssh.HostKeyError` (a UserError) for unknown or changed host keys.
-    """
-    from . import facts as fx
-    from .ssh import Pool, known_hosts_path
+POLICY = "packages"  # the probe command: `apt-cache policy PKG...`
 
-    with Pool(cluster.nodes, known_hosts_path(cluster), trust_new=trust_new) as pool:
-        facts = fx.probe(pool)
-    problems = check(cluster, facts)
-    render(problems, facts, console)
-    return problems
+
+def policy_versions(text: str) -> dict[str, str]:
+    """{package: installed version, else candidate} from `apt-cache policy` output."""
+    out, pkg, have = {}, None, {}
+    for line in text.splitlines():
+        if line and not line[0].isspace() and line.rstrip().endswith(":"):
+            pkg, have = line.strip()[:-1], {}
+            continue
+        key, _, value = line.strip().partition(":")
+        if pkg and key in ("Installed", "Candidate"):
+            have[key] = value.strip()
+            version = have.get("Installed", "(none)")
+            if version == "(none)":
+                version = have.get("Candidate", "(none)")
+            if version != "(none)":
+                out[pkg] = version
+    return out
+
+
+def version_tuple(version: str) -> tuple[int, ...]:
+    """The leading numbers of a Debian version: `1:1.6.20~ds1-1+b1` -> (1, 6, 20)."""
+    upstream = version.split(":", 1)[-1]
+    numbers = []
+    for part in upstream.replace("~", ".").replace("-", ".").replace("+", ".").split("."):
+        if not part.isdigit():
+            break
+        numbers.append(int(part))
+    return tuple(numbers)
+
+
+def package_problems(node: Node, f: Facts, minimum: Mapping[str, str]) -> list[HostProblem]:
+    """Packages the phases would install whose version (installed, else the candidate of the
+    node's package lists) is older than the cluster needs. Nothing is said when the lists are
+    not read yet (a fresh image): the phase's own install then fails clearly."""
+    result = (getattr(f, "commands", None) or {}).get(POLICY) or {}
+    found = policy_versions(result.get("out") or "") if result.get("rc") == 0 else {}
+    out = []
+    for pkg, least in sorted(minimum.items()):
+        have = found.get(pkg)
+        if have and version_tuple(have) < version_tuple(least):
+            out.append(HostProblem(
+                node.name, "packages", f"{pkg} {have} from this host's package sources is older "
+                f"than {least}, the oldest that works with the cluster's Kubernetes version",
+                f"use Debian 12+ or Ubuntu 24.04+, or a package source with {pkg} >= {least}"))
+    return out

@@ -152,14 +152,7 @@ def remove_node(cluster: Cluster, name: str, bundle_dir=None, force=False, dry_r
                             + "\n  ".join(refused))
         if dry_run:
             return run.plan(todo)
-        done = []
-        for phase in todo:
-            work = phase.work(run.ctx)
-            if progress:
-                progress.phase(phase.title, sorted(work))
-            if work:
-                run.apply(phase, work)
-            done.append((phase, work))
+        done = run.apply_all(todo, progress)
         forget_host(run.state, name)
         return done
 

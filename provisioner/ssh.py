@@ -612,6 +612,49 @@ class Pool:
         futures = {h: self._pool.submit(one, h) for h in files}
         return self._results(futures)
 
+    def fetch(self, host: str, remote: str, local: str | os.PathLike) -> str:
+        """Copy `remote` from `host` into the new file `local` (0600 from its first byte, over
+        the host's existing connection); returns the sha256 of what arrived. Raises UserError
+        (the host is not connected) or OSError / paramiko.SSHException."""
+        digest = hashlib.sha256()
+        fd = os.open(local, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            with self._host_locks[host], os.fdopen(fd, "wb") as out:
+                sftp = self._sftp_for(host)
+                with sftp.open(remote, "rb") as f:
+                    f.prefetch()
+                    while chunk := f.read(1 << 20):
+                        digest.update(chunk)
+                        out.write(chunk)
+                out.flush()
+                os.fsync(out.fileno())
+        except BaseException:
+            os.unlink(local)  # ours (O_EXCL): never a partial copy left behind
+            raise
+        return digest.hexdigest()
+
+    def send(self, host: str, local: str | os.PathLike, remote: str, mode: int = 0o600) -> None:
+        """Stream the file `local` to `remote` on `host`: a temp file beside it (chmod-ed
+        before any byte is written), then renamed; the file is never read whole into memory."""
+        with self._host_locks[host]:
+            sftp = self._sftp_for(host)
+            directory = posixpath.dirname(remote) or "/"
+            _makedirs(sftp, directory)
+            tmp = posixpath.join(directory, f".{posixpath.basename(remote)}.tmp{os.getpid()}")
+            try:
+                with sftp.open(tmp, "wb") as f, open(local, "rb") as src:
+                    sftp.chmod(tmp, mode)
+                    f.set_pipelined(True)
+                    while chunk := src.read(1 << 20):
+                        f.write(chunk)
+                sftp.posix_rename(tmp, remote)
+            except BaseException:
+                try:
+                    sftp.remove(tmp)
+                except OSError:
+                    pass
+                raise
+
     def _sftp_for(self, host: str) -> paramiko.SFTPClient:
         sftp = self._sftp.get(host)
         if sftp is None:

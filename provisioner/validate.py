@@ -542,6 +542,13 @@ def check_keepalived_priority(cluster: Cluster, where) -> Iterable[Problem]:
 DEFAULT_PRIORITY, PRIORITY_STEP = 150, 10  # render.keepalived_priority
 
 
+def check_backup_keep(cluster: Cluster, where) -> Iterable[Problem]:
+    if cluster.backup_keep < 1:
+        yield problem(where, "backup_keep", f"{cluster.backup_keep} backups cannot be kept",
+                      "keep at least 1 (the default is 10); cluster.backup removes the older "
+                      "ones after each new backup")
+
+
 def check_port_ranges(cluster: Cluster, where) -> Iterable[Problem]:
     if not 1 <= cluster.api_port <= 65535:
         yield problem(where, "api_port", f"{cluster.api_port} is not a TCP port",
@@ -768,6 +775,7 @@ CHECKS = [
     check_single_endpoint,
     check_keepalived_priority,
     check_port_ranges,
+    check_backup_keep,
     check_port_clash,
     check_registry_mirrors,
     check_download_mirror,

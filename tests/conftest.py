@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from contextlib import contextmanager
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -104,6 +105,22 @@ class LabHandle:
     def reset(self, names=None) -> None:
         """Make nodes (all when None) fresh again, as right after boot; same host keys."""
         check_up(self.lab.reset(names))
+
+
+@contextmanager
+def booted_lab(inventory: Path, state_dir: Path, wait: float = 900):
+    """A lab of its own (the inventory's bridge and nodes) for a test module: booted, then
+    always taken down. Several such labs run side by side; one of them waits for its holder."""
+    require_lab()
+    from provisioner.lab.nspawn import Lab
+
+    lab = Lab(lab_cluster(inventory, state_dir), log=lambda msg: None)
+    with lab.locked(wait=wait):
+        try:
+            check_up(lab.up())
+            yield lab
+        finally:
+            lab.down()
 
 
 def check_up(results) -> None:

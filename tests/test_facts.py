@@ -114,7 +114,7 @@ def test_preflight_of_the_loopback_hosts(pool, sshd_hosts, tmp_path):
         assert ((h.name, "init") in checks) == (facts[h.name].init != "systemd")
 
 
-def test_preflight_run_opens_probes_and_prints(sshd_hosts, tmp_path, monkeypatch):
+def test_preflight_opens_probes_and_prints(sshd_hosts, tmp_path, monkeypatch):
     """What `invoke cluster.preflight` does: known_hosts under $PROVISIONER_STATE_DIR/<cluster>."""
     import io
 
@@ -135,10 +135,13 @@ def test_preflight_run_opens_probes_and_prints(sshd_hosts, tmp_path, monkeypatch
 """ + "\n".join(lines[1:]) + "\n")
     cluster = inv.load(tmp_path / "inv.yml", check=lambda cluster, where: [])
     monkeypatch.setenv("PROVISIONER_STATE_DIR", str(tmp_path / "state"))
+    from provisioner import actions
+
     with pytest.raises(HostKeyError, match="cluster.trust"):
-        preflight.run(cluster)
+        actions.check(cluster)
     buf = io.StringIO()
-    problems = preflight.run(cluster, trust_new=True, console=Console(file=buf, width=200))
+    problems, facts = actions.check(cluster, trust_new=True)
+    preflight.render(problems, facts, Console(file=buf, width=200))
     assert (tmp_path / "state/loop/known_hosts").read_text().count("ssh-ed25519") == len(sshd_hosts)
     out = buf.getvalue()
     assert preflight.has_errors(problems)  # one machine under three names: MACs clash

@@ -14,24 +14,15 @@ import pytest
 
 from provisioner import actions
 from provisioner.state import State
-from tests.conftest import REPO, check_up, lab_cluster, require_lab
+from tests.conftest import REPO, booted_lab, lab_cluster
 
 pytestmark = pytest.mark.lab
 
 
 @pytest.fixture(scope="module")
 def k3s_lab(tmp_path_factory):
-    require_lab()
-    from provisioner.lab.nspawn import Lab
-
-    cluster = lab_cluster(REPO / "tests/data/lab-k3s.yml", tmp_path_factory.mktemp("k3s-state"))
-    lab = Lab(cluster, log=lambda msg: None)
-    with lab.locked(wait=600):
-        try:
-            check_up(lab.up())
-            yield lab
-        finally:
-            lab.down()
+    with booted_lab(REPO / "tests/data/lab-k3s.yml", tmp_path_factory.mktemp("k3s-state")) as lab:
+        yield lab
 
 
 def records(lab, node):
@@ -72,3 +63,65 @@ def test_k3s_cluster_up_with_stand_ins_then_rerun_changes_nothing(k3s_lab, tmp_p
     again = {p.title: w for p, w in actions.up(cluster, bundle_dir=str(bundle)) if w}
     assert again == {}
     assert all(len(records(k3s_lab, n)) == 1 for n in ("s1", "s2", "s3", "a1"))
+
+
+def invocations(lab) -> dict[tuple[str, str], str]:
+    """(node, unit) -> systemd InvocationID of the running k3s units (a restart changes it)."""
+    out = {}
+    for n in lab.cluster.nodes:
+        rc, text, _ = lab.run(n.name, "for u in k3s k3s-agent; do systemctl is-active -q $u && "
+                              "echo $u $(systemctl show -p InvocationID --value $u); done; true")
+        for line in text.splitlines():
+            unit, invocation = line.split()
+            out[(n.name, unit)] = invocation
+    return out
+
+
+K3S_EDITS = [
+    # (what, edit of the inventory data, expected plan, units that restart)
+    ("registry mirror",
+     lambda d: d["all"]["vars"]["cluster"].update(
+         registry_mirrors={"docker.io": ["http://10.90.6.1:5000"]}),
+     {"prepare": {n: ["write /etc/rancher/k3s/registries.yaml (changed)"]
+                  for n in ("s1", "s2", "s3", "a1")}},
+     {("s1", "k3s"), ("s2", "k3s"), ("s3", "k3s"), ("a1", "k3s-agent")}),
+    ("node label",
+     lambda d: d["all"]["children"]["workers"]["hosts"]["a1"].update(node_labels={"tier": "web"}),
+     {"join-workers": {"a1": ["write /etc/rancher/k3s/config.yaml (changed)"]},
+      "node-meta": {"s1": ["write /etc/kubernetes/provisioner/node-meta.json (changed)"]}},
+     {("a1", "k3s-agent")}),
+    ("sandbox image",
+     lambda d: d["all"]["vars"]["cluster"].update(sandbox_image="registry.k8s.io/pause:3.9"),
+     {"control-plane": {"s1": ["write /etc/rancher/k3s/config.yaml (changed)"]},
+      "join-control-plane": {n: ["write /etc/rancher/k3s/config.yaml (changed)"]
+                             for n in ("s2", "s3")},
+      "join-workers": {"a1": ["write /etc/rancher/k3s/config.yaml (changed)"]}},
+     {("s1", "k3s"), ("s2", "k3s"), ("s3", "k3s"), ("a1", "k3s-agent")}),
+]
+
+
+def test_k3s_change_matrix(k3s_lab, tmp_path):
+    """One edit at a time on the converged k3s cluster: the plan names exactly it, up restarts
+    exactly the k3s units that read the changed file, the rerun is a no-op."""
+    import yaml
+
+    from tests.standins import make_standin_bundle
+
+    bundle = make_standin_bundle(tmp_path / "bundle", k3s_lab.cluster)
+    actions.up(k3s_lab.cluster, bundle_dir=str(bundle))
+    data = yaml.safe_load((REPO / "tests/data/lab-k3s.yml").read_text())
+    data["all"]["vars"]["ansible_ssh_private_key_file"] = k3s_lab.cluster.nodes[0].ssh_key
+    for i, (what, edit, plan, restarts) in enumerate(K3S_EDITS):
+        edit(data)
+        path = tmp_path / f"edit{i}.yml"
+        path.write_text(yaml.safe_dump(data))
+        cluster = lab_cluster(path, k3s_lab.cluster.state_dir)
+        planned = {p.title: w for p, w in actions.up(cluster, bundle_dir=str(bundle),
+                                                     dry_run=True) if w}
+        assert planned == plan, what
+        before = invocations(k3s_lab)
+        actions.up(cluster, bundle_dir=str(bundle))
+        after = invocations(k3s_lab)
+        assert {k for k, v in after.items() if before.get(k) != v} == restarts, what
+        assert not [w for _, w in actions.up(cluster, bundle_dir=str(bundle)) if w], what
+        assert invocations(k3s_lab) == after, what

@@ -117,3 +117,37 @@ def test_loopback_addresses_are_local_through_lo():
     assert preflight._is_local("10.0.0.5", f)
     assert not preflight._is_local("10.0.0.6", f)  # same subnet is not enough off lo
     assert preflight._is_local("node1.example.org", f)  # names are not compared
+
+
+POLICY = """containerd:
+  Installed: (none)
+  Candidate: 1.4.13~ds1-1~deb11u4
+  Version table:
+     1.4.13~ds1-1~deb11u4 500
+etcd-server:
+  Installed: 3.3.25+dfsg-7
+  Candidate: 3.3.25+dfsg-7
+runc:
+  Installed: (none)
+  Candidate: (none)
+"""
+
+
+@pytest.mark.parametrize("text, minimum, expected", [
+    (POLICY, {"containerd": "1.6"}, ["containerd 1.4.13~ds1-1~deb11u4"]),  # Debian 11
+    (POLICY, {"etcd-server": "3.4"}, ["etcd-server 3.3.25+dfsg-7"]),  # Debian 11, Ubuntu 22.04
+    (POLICY, {"runc": "1.1"}, []),  # lists not read yet: the install itself will say
+    ("containerd:\n  Installed: 1.6.20~ds1-1+b1\n  Candidate: 1.6.20~ds1-1+b1\n",
+     {"containerd": "1.6"}, []),  # Debian 12
+    ("containerd:\n  Installed: (none)\n  Candidate: 1.7.24~ds1-6+b3\n", {"containerd": "1.6"}, []),
+    ("etcd-server:\n  Installed: (none)\n  Candidate: 1:3.5.16-4\n", {"etcd-server": "3.4"}, []),
+])
+def test_packages_are_checked_by_version_not_by_os_name(text, minimum, expected):
+    from types import SimpleNamespace
+
+    from provisioner.model import Node
+
+    f = SimpleNamespace(commands={preflight.POLICY: {"rc": 0, "out": text}})
+    problems = preflight.package_problems(Node("n1", "10.0.0.1", ("workers",)), f, minimum)
+    assert [p.message.split(" from")[0] for p in problems] == expected
+    assert all(p.level == "error" and "Debian 12" in p.fix for p in problems)

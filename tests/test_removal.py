@@ -101,7 +101,7 @@ def test_drain_stand_in_checks_what_kubectl_drain_checks(tmp_path, monkeypatch, 
 
     monkeypatch.setattr(state, "node_view", lambda tool: {
         "node": "cp1", "control_plane": True, "api_up": True, "reachable": True,
-        "registered": True, "labels": {}, "taints": []})
+        "registered": True, "labels": {}, "taints": [], "addons": False})
     (tmp_path / "etc/kubernetes").mkdir(parents=True)
     (tmp_path / "etc/kubernetes/admin.conf").write_text("{}")
     (tmp_path / "etc/standin").mkdir(parents=True)
@@ -129,7 +129,7 @@ def test_drain_stand_in_checks_what_kubectl_drain_checks(tmp_path, monkeypatch, 
     rc, out, _ = call("drain", "w1", "--ignore-daemonsets", "--delete-emptydir-data",
                       "--timeout=1s", "--force", "--disable-eviction")
     assert rc == 0 and "pod/db deleted" in out
-    assert call("get", "node", "w1", "-o", "jsonpath={.spec.unschedulable}")[1] == "true\n"
+    assert call("get", "node", "w1", "-o", "jsonpath={.spec.unschedulable}")[1] == "true"
     assert call("get", "pods", "-A", "--field-selector", "spec.nodeName=w1", "-o",
                 drain.OWNERS)[1].split() == ["kube-system/kp=DaemonSet"]
     assert call("delete", "node", "w1")[0] == 0

@@ -147,6 +147,28 @@ def test_put_writes_atomically_0600_and_skips_unchanged(sshd_hosts, known, tmp_p
     assert os.listdir(os.path.dirname(target)) == ["secret.key"]  # no temp files left
 
 
+def test_send_and_fetch_stream_a_file_both_ways(sshd_hosts, known, tmp_path):
+    """What backup (fetch) and restore (send) move: bytes unchanged, 0600 from the start, a temp
+    file renamed into place, no file of the same name overwritten by a fetch."""
+    data = os.urandom(3 * 1024 * 1024 + 17)
+    local = tmp_path / "snapshot.db"
+    local.write_bytes(data)
+    remote = str(tmp_path / "node" / "etcd" / "restore.db")
+    back = tmp_path / "back.db"
+    with Pool(nodes_of(sshd_hosts[:1]), known) as pool:
+        pool.send("h1", local, remote, 0o600)
+        assert open(remote, "rb").read() == data
+        assert os.stat(remote).st_mode & 0o777 == 0o600
+        assert os.listdir(os.path.dirname(remote)) == ["restore.db"]
+        assert pool.fetch("h1", remote, back) == hashlib.sha256(data).hexdigest()
+        assert back.read_bytes() == data and back.stat().st_mode & 0o777 == 0o600
+        with pytest.raises(FileExistsError):
+            pool.fetch("h1", remote, back)
+        with pytest.raises(FileNotFoundError):
+            pool.fetch("h1", remote + ".missing", tmp_path / "none.db")
+        assert not (tmp_path / "none.db").exists()  # no partial copy left
+
+
 def test_put_sets_the_owner(sshd_hosts, known, tmp_path):
     import pwd
 

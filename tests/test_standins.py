@@ -536,6 +536,31 @@ def test_k3s_rendered_configs_start_servers_and_agents(nodes, k3s_cluster, k3s_b
             assert node.path("/var/lib/rancher/k3s/agent/kubelet.kubeconfig").exists()
 
 
+def test_k3s_etcd_snapshot_save_needs_a_running_server_and_writes_a_recorded_file(
+        nodes, k3s_cluster, k3s_bundle):
+    """TEST-ONLY `k3s etcd-snapshot save` for cluster.backup: named as real k3s names it."""
+    rendered = render.render(k3s_cluster, make_secrets())
+    node = nodes("s1", bundle=k3s_bundle)
+    place(node, rendered, "s1")
+    r = node.run("k3s", "etcd-snapshot", "save", "--dir", "/var/lib/x", "--name", "bk")
+    assert r.returncode == 1 and "etcd datastore is not running" in r.stderr
+    proc, _ = run_until_ready(node, "server")
+    try:
+        r = node.run("k3s", "etcd-snapshot", "save", "--dir", "/var/lib/x", "--name", "bk")
+        assert r.returncode == 0, r.stderr
+        (snap,) = node.path("/var/lib/x").iterdir()
+        assert snap.name.startswith("bk-s1-") and snap.name[len("bk-s1-"):].isdigit()
+        assert stat.S_IMODE(snap.stat().st_mode) == 0o600
+        assert "TEST-ONLY" in snap.read_text()
+        r = node.run("k3s", "etcd-snapshot", "restore")
+        assert r.returncode == 1 and "implements only save" in r.stderr
+    finally:
+        proc.terminate()
+        proc.communicate(timeout=10)
+    saved = [e for e in node.log("k3s") if e["result"] == "saved"]
+    assert len(saved) == 1 and saved[0]["snapshot"] == f"/var/lib/x/{snap.name}"
+
+
 def test_k3s_refuses_a_flag_its_role_does_not_have(nodes, k3s_cluster, k3s_bundle):
     rendered = render.render(k3s_cluster, make_secrets())
     node = nodes("a1", bundle=k3s_bundle)

@@ -176,3 +176,54 @@ def test_the_installed_wheel_renders_from_another_folder(tmp_path):
     assert r.returncode == 0, r.stderr
     assert (elsewhere / "out/cp1/etc/kubernetes/kubeadm-init.yaml").is_file()
     shutil.rmtree(target)
+
+
+def test_a_host_with_another_ca_is_refused_naming_both_fingerprints(tmp_path):
+    """A state folder made anew (or another cluster's host): pushing our CA would split a live
+    cluster, so the run stops before any change."""
+    from types import SimpleNamespace
+
+    from provisioner import pki
+
+    cluster = inventory.load(copy_inventory(tmp_path))
+    state = State(cluster)
+    with state.lock():
+        run = actions.Run.prepare(cluster)
+    other = pki.ensure_ca(tmp_path / "other", "ca", "kubernetes")[0]
+    from cryptography.hazmat.primitives import serialization
+
+    theirs = other.public_bytes(serialization.Encoding.PEM).decode()
+    ours = (state.pki / "ca.crt").read_text()
+    for n in cluster.nodes:
+        run.ctx.facts[n.name] = SimpleNamespace(certs={"/etc/kubernetes/pki/ca.crt": ours})
+    assert run.foreign_cas() == []
+    run.ctx.facts["w1"].certs["/etc/kubernetes/pki/ca.crt"] = theirs
+    (refusal,) = run.foreign_cas()
+    assert refusal.startswith("w1: /etc/kubernetes/pki/ca.crt is another CA")
+    assert actions.fingerprint(theirs.encode()) in refusal
+    assert actions.fingerprint(ours.encode()) in refusal
+
+
+def test_a_fixed_setting_changed_after_the_build_is_refused(tmp_path):
+    import dataclasses
+    from types import SimpleNamespace
+
+    from provisioner import phases as ph
+
+    cluster = inventory.load(copy_inventory(tmp_path))
+    with State(cluster).lock():
+        run = actions.Run.prepare(cluster)
+    built = {"cluster_name": "single", "pod_cidr": "10.244.0.0/16", "service_cidr": "10.96.0.0/12",
+             "cluster_domain": "cluster.local"}
+    stamp = ph.CONTROL_PLANE.stamp_path
+    for n in cluster.nodes:
+        run.ctx.facts[n.name] = SimpleNamespace(marker=built, files={stamp: "0" * 64})
+    assert run.fixed_changes() == []
+    run.cluster = dataclasses.replace(cluster, pod_cidr="10.32.0.0/16")
+    run.ctx.cluster = run.cluster
+    assert run.fixed_changes() == [
+        "pod_cidr: the cluster was built with 10.244.0.0/16; it cannot change to 10.32.0.0/16 "
+        "in place (set it back; a different one needs a new cluster)"]
+    for n in cluster.nodes:  # never built: anything goes
+        run.ctx.facts[n.name].files = {}
+    assert run.fixed_changes() == []

@@ -18,6 +18,7 @@ each other over the bridge, nothing else (the host's ip_forward is not needed an
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import ipaddress
 import json
 import os
@@ -137,6 +138,13 @@ class Lab:
     def node_dir(self, name: str) -> Path:
         return self.data / name
 
+    def machine(self, node: str) -> str:
+        """The node's nspawn machine name, unique to this lab: nspawn names the host side of the
+        node's link `vb-<machine>`, so two labs with a `cp1` each must not share it (the node's
+        hostname comes from its /etc/hostname)."""
+        tag = hashlib.sha256(f"{self.name}/{node}".encode()).hexdigest()[:4]
+        return f"{node[:7]}-{tag}"
+
     # -- up ------------------------------------------------------------------------------------
     def up(self, timeout: float | None = None) -> list[NodeResult]:
         """Clean leftovers, prepare the base, key, package source and bridge, boot every node
@@ -147,11 +155,6 @@ class Lab:
         self.ensure_key()
         repo = packages.build_repo(packages.DEBS_DIR, base_dir / "var/lib/dpkg/status",
                                    log=self.log)
-        for n in self.cluster.nodes:  # nspawn names the host side of a node's link vb-<name>
-            if Path("/sys/class/net", f"vb-{n.name}"[:15]).exists():
-                raise UserError(f"{self.cluster.source}: {n.name}: a node of that name runs in "
-                                "another lab on this host; node names must be unique across "
-                                "running labs (rename it or `invoke lab.down` the other lab)")
         self.runtime.mkdir(parents=True, exist_ok=True)
         self._record()
         self._raise_inotify()
@@ -295,7 +298,8 @@ class Lab:
         log = self.runtime / f"{n.name}.log"
         log.unlink(missing_ok=True)
         procs.start_background(
-            [NSPAWN, "-D", str(root), "-M", n.name, "-b", "--register=no", "--keep-unit",
+            [NSPAWN, "-D", str(root), "-M", self.machine(n.name), "-b", "--register=no",
+             "--keep-unit",
              f"--network-bridge={self.bridge}", "--resolv-conf=off", "--link-journal=no"],
             self.runtime / f"{n.name}.pid", log)
 
@@ -417,7 +421,7 @@ class Lab:
         for name in names:
             (self.runtime / f"{name}.pid").unlink(missing_ok=True)
             self._unmount(self.node_dir(name))
-            _drop_link(f"vb-{name}"[:15])
+            _drop_link(f"vb-{self.machine(name)}")
 
     def _unmount(self, node_dir: Path) -> None:
         for mount in reversed(_mounts_under(node_dir)):

@@ -10,9 +10,14 @@ from ..render import template
 from .base import Item, Phase
 
 
+# Settings a built cluster cannot change in place; the marker remembers them on every host.
+FIXED = ("pod_cidr", "service_cidr", "cluster_domain")
+
+
 class Prepare(Phase):
     title = "prepare"
     playbook = "01-prepare.yml"
+    fixed = FIXED
 
     def hosts(self, c):
         return c.nodes
@@ -24,7 +29,8 @@ class Prepare(Phase):
                    template("etc/sysctl.d/90-kubernetes.conf.j2", c, node, s))
         yield Item("/etc/modules-load.d/kubernetes.conf",
                    template("etc/modules-load.d/kubernetes.conf.j2", c, node, s))
-        marker = {"cluster_name": c.cluster_name, "distribution": c.distribution}
+        marker = {"cluster_name": c.cluster_name, "distribution": c.distribution,
+                  **{k: getattr(c, k) for k in FIXED}}
         yield Item(paths.MARKER, json.dumps(marker, sort_keys=True).encode() + b"\n")
         if c.is_k3s and node in c.kube_nodes:
             unit = "k3s" if node.has("control_plane") else "k3s-agent"

@@ -71,6 +71,7 @@ def joining(ctx, node) -> bool:
 
 class Etcd(Phase):
     title = "etcd"
+    packages = {"etcd-server": "3.4", "etcd-client": "3.4"}  # etcdctl v3 by default, TLS as set
     playbook = "03-etcd.yml"
     files_read_facts = True
 

@@ -53,11 +53,12 @@ class Binaries(Phase):
         return "k3s" if node.has("control_plane") else "k3s-agent"
 
     def probes(self, c, node):
-        return {"paths": [paths.KUBELET_CONF]}
+        return {"paths": [paths.KUBELET_CONFIG]}
 
     def joined(self, ctx, node) -> bool:
-        """kubeadm starts the kubelet; once the node has joined, keeping it running is ours."""
-        return not ctx.cluster.is_k3s and ctx.has_file(node, paths.KUBELET_CONF)
+        """kubeadm starts the kubelet (its kubelet-start step writes the kubelet's config);
+        from then on, keeping it running is ours."""
+        return not ctx.cluster.is_k3s and ctx.has_file(node, paths.KUBELET_CONFIG)
 
     def checks(self, ctx, node):
         """Without a bundle the expected binaries are unknown: only their absence is work."""

@@ -3,13 +3,16 @@
     01 prepare → 02 runtime → 03 etcd → 04 loadbalancer → 05 binaries → 06 control-plane
     → 07 join-control-plane → 08 join-workers → 09 cni → 10 addons → 11 node-meta
     → 12 kubeconfig
+    upgrade: 93 upgrade-control-plane → 93 upgrade-nodes
+    backup:  94 backup
+    restore: 95 stop-api → 96 restore → 97 start-api
+    certs:   98 reissue-etcd-certs → 03 etcd → 98 certs → 12 kubeconfig (`cluster.certs --renew`)
+    remove-node: 31 drain → 32 etcd-servers → 33 etcd-leave → 34 reset-node → 35 delete-node
+             (each bound to the leaving host with `.on(node)`), then cluster.up's phases on
+             the model without it
 
-Day 2, not in ALL (cluster.up's list): remove-node (provisioner/removal.py) binds each to the
-leaving host with `.on(node)`:
-
-    31 drain → 32 etcd-servers → 33 etcd-leave → 34 reset-node → 35 delete-node
-
-Actions (provisioner/actions.py) are ordered lists of these objects.
+Actions (provisioner/actions.py, backup.py, removal.py, upgrade.py, certs.py) are ordered
+lists of these objects.
 """
 
 from __future__ import annotations
@@ -35,7 +38,17 @@ CNI = _phase("09_cni")
 ADDONS = _phase("10_addons")
 NODE_META = _phase("11_node_meta")
 KUBECONFIG = _phase("12_kubeconfig")
-
+# day 2, not in ALL: cluster.upgrade (provisioner/upgrade.py), cluster.backup and
+# cluster.restore (provisioner/backup.py), cluster.certs --renew (provisioner/certs.py)
+UPGRADE_CONTROL_PLANE = _phase("93_upgrade_control_plane")
+UPGRADE_NODES = _phase("93_upgrade_nodes")
+BACKUP = _phase("94_backup")
+STOP_API = _phase("95_stop_api")
+RESTORE = _phase("96_restore")
+START_API = _phase("97_start_api")
+REISSUE_ETCD_CERTS = _phase("98_etcd_certs")
+CERTS = _phase("98_certs")
+# cluster.remove-node (provisioner/removal.py)
 DRAIN = _phase("31_drain")
 ETCD_SERVERS = _phase("32_etcd_servers")
 ETCD_LEAVE = _phase("33_etcd_leave")
@@ -48,4 +61,6 @@ ALL: tuple[Phase, ...] = (PREPARE, RUNTIME, ETCD, LOADBALANCER, BINARIES, CONTRO
 __all__ = ["ALL", "Context", "Item", "Phase", "kubectl", "service_running"] + [
     "PREPARE", "RUNTIME", "ETCD", "LOADBALANCER", "BINARIES", "CONTROL_PLANE",
     "JOIN_CONTROL_PLANE", "JOIN_WORKERS", "CNI", "ADDONS", "NODE_META", "KUBECONFIG",
-    "DRAIN", "ETCD_SERVERS", "ETCD_LEAVE", "RESET_NODE", "DELETE_NODE"]
+    "UPGRADE_CONTROL_PLANE", "UPGRADE_NODES", "BACKUP", "STOP_API", "RESTORE", "START_API",
+    "REISSUE_ETCD_CERTS", "CERTS", "DRAIN", "ETCD_SERVERS", "ETCD_LEAVE", "RESET_NODE",
+    "DELETE_NODE"]

@@ -82,6 +82,7 @@ class Phase:
     serial = False  # one host at a time (joining control planes)
     needs_bundle = False  # runs Kubernetes binaries: stops here without a bundle
     files_read_facts = False  # files() depends on the probed facts (etcd: joining members)
+    packages: dict[str, str] = {}  # OS packages the playbook installs -> oldest version that works
 
     def hosts(self, c: Cluster) -> Iterable[Node]:
         return ()
@@ -97,6 +98,11 @@ class Phase:
         """What the facts probe must read for the checks: {"paths": [...], "commands":
         {name: argv}, "certs": [...]}."""
         return {}
+
+    def refusals(self, ctx: Context) -> Iterable[str]:
+        """Why this phase cannot run at all (e.g. no healthy etcd member to back up from): an
+        action asks every phase of its list before it changes anything."""
+        return ()
 
     def hostvars(self, ctx: Context, node: Node) -> dict:
         """Extra variables this phase's playbook reads for a host."""

@@ -14,7 +14,9 @@ from __future__ import annotations
 import json
 
 from .. import paths
-from .base import Context, Phase, kubectl
+from ..errors import UserError
+from ..render import template
+from .base import Context, Item, Phase, kubectl
 
 API, LABELS, NODE, CLUSTER_INFO, ADDONS, ETCD = ("api", "labels", "node", "cluster-info",
                                                 "addons", "stacked-etcd")
@@ -25,8 +27,6 @@ LEFTOVERS = (paths.ADMIN_CONF, paths.KUBELET_CONF, f"{paths.MANIFESTS}/kube-apis
 def pki_files(ctx: Context, node):
     """The cluster CA (and, with external etcd, the API server's etcd client) for a control
     plane: kubeadm finds them in /etc/kubernetes/pki and signs the rest itself."""
-    from .base import Item
-
     for path, (data, mode) in sorted(ctx.pki.get(node.name, {}).items()):
         if path.startswith(paths.KUBE_PKI + "/"):
             yield Item(path, data, mode)
@@ -98,17 +98,18 @@ def state(phase: Phase, ctx: Context, node, first: bool) -> tuple[str, list[str]
 
 
 def describe(c, verb: str, state_: str, gaps: list[str]) -> str:
+    """The plan's words for a kube phase's work on a node in `state_`."""
     if c.is_k3s:
         return f"start {verb} and wait until the node is registered"
-    return {
-        "new": f"kubeadm {verb}",
-        "partial": f"kubeadm reset, then kubeadm {verb} again (an earlier {verb} stopped "
-                   "before it finished)",
-        "finish": f"finish kubeadm {verb}: {', '.join(gaps)}",
-        "broken": f"refused: this node was built before but {'its API server does not answer' if 'api' in gaps else 'is not registered'}"
-                  f" ({', '.join(gaps)} missing); not running kubeadm {verb} again on it "
-                  "(look at its kubelet: cluster.status; or take it out with cluster.reset)",
-    }[state_]
+    if state_ == "broken":
+        what = "its API server does not answer" if "api" in gaps else "is not registered"
+        return (f"refused: this node was built before but {what} ({', '.join(gaps)} missing); "
+                f"not running kubeadm {verb} again on it (look at its kubelet: cluster.status; "
+                "or take it out with cluster.reset)")
+    return {"new": f"kubeadm {verb}",
+            "partial": f"kubeadm reset, then kubeadm {verb} again (an earlier {verb} stopped "
+                       "before it finished)",
+            "finish": f"finish kubeadm {verb}: {', '.join(gaps)}"}[state_]
 
 
 class Join(Phase):
@@ -117,12 +118,8 @@ class Join(Phase):
     their API server answers and, stacked, their etcd member runs)."""
 
     needs_bundle = True
-    verb = "join"
 
     def files(self, ctx, node):
-        from ..render import template
-        from .base import Item
-
         c, s = ctx.cluster, ctx.secrets
         if c.is_k3s:
             unit = "k3s" if node.has("control_plane") else "k3s-agent"
@@ -152,8 +149,6 @@ class Join(Phase):
         return {"kube_state": self.state(ctx, node)[0]}
 
     def run(self, run, nodes):
-        from ..errors import UserError
-
         joining = []
         for n in nodes:
             st, gaps = self.state(run.ctx, n)

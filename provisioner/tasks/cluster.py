@@ -17,6 +17,9 @@ HELP = {
     "trust_new_hosts": "record the SSH host keys of hosts not yet in known_hosts",
     "yes": "do not ask for confirmation",
     "files": "also list every managed file per host (new, changed, unchanged) and its services",
+    "plan": "only say what would be done (probes the hosts, changes nothing)",
+    "snapshot": "a backup made by cluster.backup: <state>/<cluster>/backups/<UTC time>.db "
+                "(its .json must be beside it)",
 }
 
 
@@ -141,6 +144,60 @@ def reset(c, inventory=DEFAULT_INVENTORY, yes=False):
     print(f"cluster {cluster.cluster_name} removed from its hosts")
 
 
+# -- etcd backup and restore (provisioner/backup.py; phases 94-97) ----------------------------
+
+@task(help=helps("inventory", "plan"))
+@user_errors
+def backup(c, inventory=DEFAULT_INVENTORY, plan=False):
+    """Snapshot etcd from a healthy member into <state>/<cluster>/backups/; print its path."""
+    from .. import backup as actions_backup
+
+    cluster = inv.load(inventory)
+    result = actions_backup.backup(cluster, plan=plan)
+    if plan:
+        print_plan(result["plan"])
+        return
+    meta = result["metadata"]
+    rev = f", revision {meta['revision']}" if meta.get("revision") else ""
+    print(f"backup of {cluster.cluster_name} from {meta['member']['name']}{rev}, "
+          f"{meta['size']} bytes, sha256 {meta['sha256'][:16]}... in "
+          f"{result['total_seconds']:.1f} s")
+    for stem in result["removed"]:
+        print(f"removed the old backup {stem} (backup_keep: {cluster.backup_keep})")
+    print(result["path"])
+
+
+@task(help=helps("inventory", "snapshot", "plan", "yes"))
+@user_errors
+def restore(c, snapshot, inventory=DEFAULT_INVENTORY, plan=False, yes=False):
+    """Restore etcd on every member from a backup; the API servers stop meanwhile. Data
+    written after the snapshot is lost. Resumable: rerun after a failure."""
+    from .. import backup as actions_backup
+
+    cluster = inv.load(inventory)
+
+    def confirm(message: str) -> bool:
+        if yes:
+            return True
+        print(message)
+        return input("type the cluster name to restore: ").strip() == cluster.cluster_name
+
+    result = actions_backup.restore(cluster, snapshot, plan=plan, confirm=confirm)
+    if result is None:
+        print("not confirmed; nothing changed")
+        return
+    if plan:
+        n = print_plan(result["plan"])
+        print(f"{n} change(s) would be made" + (" (resuming an unfinished restore)"
+                                                 if result["resumed"] else ""))
+        return
+    print_plan(result["done"], verb="did")
+    phases = ", ".join(f"{k} {v:.1f} s" for k, v in result["phase_seconds"].items())
+    print(f"cluster {cluster.cluster_name} restored from {result['meta']['path']} in "
+          f"{result['seconds']:.1f} s ({phases}); the old etcd data dirs are kept beside the "
+          "new ones (/var/lib/etcd.before-restore-*)")
+
+
 # -- preflight and host-key trust (SSH layer: provisioner/ssh.py, facts.py, preflight.py) -------
 
 @task(help=helps("inventory", "trust_new_hosts"))
@@ -151,7 +208,8 @@ def preflight(c, inventory=DEFAULT_INVENTORY, trust_new_hosts=False):
 
     from .. import preflight as pf
 
-    problems = pf.run(inv.load(inventory), trust_new=trust_new_hosts)
+    problems, facts = actions.check(inv.load(inventory), trust_new=trust_new_hosts)
+    pf.render(problems, facts)
     if pf.has_errors(problems):
         raise Exit(code=2)
 
@@ -222,6 +280,84 @@ def render(c, inventory=DEFAULT_INVENTORY, out=None):
                         "(choose another folder with -o)") from None
     print(f"wrote {len(written)} files for {len(files)} hosts to {target}/<host>/ "
           "(files holding secrets are 0600)")
+
+
+# -- upgrade (provisioner/upgrade.py: phases 93 upgrade-control-plane, upgrade-nodes) -----------
+
+@task(help={"to": "the Kubernetes version to upgrade to (one minor at a time, e.g. v1.33.1)",
+            "inventory": HELP["inventory"],
+            "bundle": "offline bundle folder holding the target version (see bundle.fetch)",
+            "max_unavailable": "workers drained and upgraded at once (default 1)",
+            "plan": "dry run: print what the upgrade would do, change nothing",
+            "trust_new_hosts": HELP["trust_new_hosts"]})
+@user_errors
+def upgrade(c, to, inventory=DEFAULT_INVENTORY, bundle=None, max_unavailable=1, plan=False,
+            trust_new_hosts=False):
+    """Upgrade every node to --to: control planes (kubeadm upgrade), then each node drained,
+    upgraded, restarted and uncordoned. Resumable: rerun after a failure."""
+    from .. import upgrade as upgrades
+    from ..progress import Progress
+
+    cluster = inv.load(inventory)
+    if plan:
+        result = upgrades.upgrade(cluster, to, bundle_dir=bundle,
+                                  max_unavailable=max_unavailable, dry_run=True,
+                                  trust_new=trust_new_hosts)
+        n = print_plan(result.done)
+        print(f"{n} change(s) pending for the upgrade to {to}" if n
+              else f"every node runs {to}: nothing to do")
+        return
+    with Progress() as progress:
+        result = upgrades.upgrade(cluster, to, bundle_dir=bundle,
+                                  max_unavailable=max_unavailable, trust_new=trust_new_hosts,
+                                  progress=progress)
+    print_plan(result.done, verb="did")
+    print(upgrades.summary(cluster, result))
+
+
+# -- certificates (day 2: provisioner/certs.py) --------------------------------------------------
+
+@task(help={"inventory": HELP["inventory"],
+            "renew": "re-issue the etcd certificates (one member at a time), run `kubeadm certs "
+                     "renew all` and restart the control plane per control plane, refresh the "
+                     "admin kubeconfig",
+            "plan": "with --renew: only show what would be renewed",
+            "trust_new_hosts": HELP["trust_new_hosts"]})
+@user_errors
+def certs(c, inventory=DEFAULT_INVENTORY, renew=False, plan=False, trust_new_hosts=False):
+    """Every certificate of the cluster (subject, issuer, not-after, days left); exit 1 if one
+    has expired. --renew renews them (quorum kept); --plan shows what would be renewed."""
+    import datetime as dt
+    import time
+
+    from invoke import Exit
+
+    from .. import certs as certs_
+    from ..progress import Progress
+
+    cluster = inv.load(inventory)
+    if plan and not renew:
+        raise UserError("--plan goes with --renew (cluster.certs alone changes nothing)")
+    if renew and plan:
+        n = print_plan(certs_.renew(cluster, dry_run=True, trust_new=trust_new_hosts))
+        print(f"{n} renewal step(s) pending" if n else "nothing to renew")
+        return
+    if renew:
+        start = time.monotonic()
+        with Progress() as progress:
+            result = certs_.renew(cluster, trust_new=trust_new_hosts, progress=progress)
+        n = print_plan(result, verb="did")
+        print(f"certificates of cluster {cluster.cluster_name} renewed ({n} step(s), "
+              f"{time.monotonic() - start:.1f} s)")
+    table = certs_.show(cluster, trust_new=trust_new_hosts)
+    now = dt.datetime.now(dt.timezone.utc)
+    print(certs_.render(table, now))
+    warnings, expired = certs_.summary(table, now)
+    for line in warnings + expired:
+        print(line)
+    print("CA rotation is out of scope: the CA rows say how long each CA has.")
+    if expired:
+        raise Exit(code=1)
 
 
 # -- day 2: remove a node (provisioner/removal.py) -----------------------------------------------

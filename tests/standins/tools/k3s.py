@@ -13,6 +13,11 @@ registered in /var/lib/rancher/k3s/standin/k3s-state.json. A line `k3s server ST
 `k3s agent STEP` in /etc/standin/faults makes that step fail once: the process exits 1 (before
 telling systemd it is ready) and systemd's Restart= starts it again, as with real k3s.
 `k3s kubectl` answers from that state, about this node only (see kubectl.py).
+
+`etcd-snapshot save [--dir D] [--name N]` (TEST-ONLY, for cluster.backup) needs a running
+server with the embedded etcd, and writes `D/N-<node>-<unix time>` as real k3s names it: a small
+file that says it is a stand-in and holds the node's recorded k3s state, 0600; the call is
+recorded. It is not an etcd snapshot and nothing can be restored from it.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ import json
 import os
 import re
 import socket
+import time
 
 from . import Failed, Tool, data_text, kubectl, state
 from .kubelet import sleep_until_stopped, stop_on_sigterm
@@ -46,9 +52,11 @@ def main(tool: Tool, argv: list[str]) -> int:
         if not any(a.split("=")[0] == "--kubeconfig" for a in args):
             args = ["--kubeconfig", ADMIN_KUBECONFIG] + args
         return kubectl.main(tool, args, log="kubectl")
+    if argv[0] == "etcd-snapshot":
+        return etcd_snapshot(tool, argv)
     if argv[0] not in ("server", "agent"):
         raise Failed(f"unknown command {argv[0]!r} (the k3s stand-in implements server, agent, "
-                     "kubectl)")
+                     "kubectl, etcd-snapshot save)")
     role = argv[0]
     config = None
     stop_on_sigterm()
@@ -72,6 +80,32 @@ def main(tool: Tool, argv: list[str]) -> int:
 
 
 UNITS = {"server": "k3s", "agent": "k3s-agent"}
+SNAPSHOT_DIR = "/var/lib/rancher/k3s/server/db/snapshots"
+
+
+def etcd_snapshot(tool: Tool, argv: list[str]) -> int:
+    """`k3s etcd-snapshot [save] [--dir D] [--name N]` (see the module docstring)."""
+    args = argv[1:]
+    if args[:1] == ["save"]:
+        args = args[1:]
+    elif args and not args[0].startswith("-"):
+        raise Failed(f"etcd-snapshot {args[0]!r}: the stand-in implements only save")
+    opts = parse_cli(args, {"dir": "string", "name": "string", "etcd-snapshot-dir": "string",
+                            "etcd-snapshot-name": "string", "data-dir": "string",
+                            "config": "string"})
+    s = state.load(tool, state.K3S_STATE)
+    if not (s.get("etcd") and state.unit_active(tool, "k3s")):
+        tool.record(argv, "error: etcd not running")
+        raise Failed('level=fatal msg="etcd datastore is not running on this node (start the '
+                     'k3s server with its embedded etcd first)"')
+    directory = str(opts.get("dir") or opts.get("etcd-snapshot-dir") or SNAPSHOT_DIR)
+    name = str(opts.get("name") or opts.get("etcd-snapshot-name") or "on-demand")
+    path = f"{directory}/{name}-{s.get('node') or state.hostname()}-{int(time.time())}"
+    tool.write(path, f"# {MARK}\n# stand-in k3s etcd snapshot (TEST-ONLY): not etcd data, "
+               "nothing can be restored from it\n" + json.dumps(s, sort_keys=True) + "\n", 0o600)
+    tool.record(argv, "saved", snapshot=path)
+    tool.say(f"etcd-snapshot: saved {path} (stand-in)", err=True)
+    return 0
 LB_FILE = "/var/lib/rancher/k3s/agent/etc/k3s-agent-load-balancer.json"
 
 

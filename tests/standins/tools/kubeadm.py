@@ -47,11 +47,16 @@ MANIFESTS = "/etc/kubernetes/manifests"
 def main(tool: Tool, argv: list[str]) -> int:
     args = [a for a in argv if not re.fullmatch(r"-v(=?\d+)?|--v=\d+", a)]
     if not args or args[0] in ("-h", "--help", "help"):
-        tool.say("usage: kubeadm init|join|reset|version (a test-only stand-in)")
+        tool.say("usage: kubeadm init|join|reset|certs|version (a test-only stand-in)")
         return 0
     cmd, rest = args[0], args[1:]
     if cmd in ("version", "--version"):
         print(tool.version_line())
+        return 0
+    if cmd == "certs":  # check-expiration, renew: kubeadm_certs.py
+        from . import kubeadm_certs
+
+        kubeadm_certs.main(tool, rest)
         return 0
     if cmd == "token" or (cmd == "init" and rest[:1] == ["phase"]):
         try:
@@ -61,6 +66,10 @@ def main(tool: Tool, argv: list[str]) -> int:
             raise
         tool.record(hide_positional(argv), "ok")
         return 0
+    if cmd == "upgrade":
+        from . import upgrade
+
+        return upgrade.kubeadm_upgrade(tool, argv, rest)
     if cmd not in ("init", "join", "reset"):
         raise Failed(f'unknown command "{cmd}" for "kubeadm" (the stand-in implements init, '
                      "join, reset, version)")
@@ -503,6 +512,20 @@ KUBELET_CLIENT = "/var/lib/kubelet/pki/kubelet-client-current.pem"
 ETCD_MEMBER = "/var/lib/etcd/member/standin-member"
 
 
+def wait_for_kubelet(tool: Tool, seconds: float = 120) -> None:
+    """kubeadm waits here until the kubelet runs the control plane and the API answers; the
+    stand-in API "answers" while the kubelet unit is active, so it waits for that."""
+    import time
+
+    deadline = time.monotonic() + seconds
+    while not state.unit_active(tool, "kubelet"):
+        if time.monotonic() > deadline:
+            raise Failed("error execution phase wait-control-plane: the kubelet did not start "
+                         f"within {seconds:.0f} s (stand-in)")
+        time.sleep(0.5)
+    tool.say("[wait-control-plane] stand-in: the kubelet unit is active (no control plane runs)")
+
+
 def control_plane_manifests(local_etcd: bool) -> list[str]:
     names = ["kube-apiserver", "kube-controller-manager", "kube-scheduler"]
     return names + (["etcd"] if local_etcd else [])
@@ -588,20 +611,20 @@ def init(tool: Tool, configs: dict, opts: dict) -> None:
         return
     fresh = {"tool": "stand-in kubeadm (TEST-ONLY)", "node": name, "role": "control-plane",
              "etcd": "stacked" if local_etcd else "external", "steps": {},
-             **registration(node_reg, True)}
+             "version": tool.version, **registration(node_reg, True)}
     steps = [
         ("preflight", do_preflight),
         ("certs", lambda: tool.say("[certs] stand-in: no certificate generated (the CA the "
                                    "provisioner placed is used as it is)")),
         ("kubeconfig", lambda: write_files(tool, kubeconfig_files(
             tool, server, cname, init=True, name=name))),
-        ("etcd", lambda: write_files(tool, manifest_files(["etcd"] if local_etcd else []))),
+        ("etcd", lambda: write_files(tool, manifest_files(["etcd"] if local_etcd else [],
+                                                          tool.version))),
         ("control-plane", lambda: write_files(tool, manifest_files(
-            control_plane_manifests(False), (((cluster.get("etcd") or {}).get("external") or {})
-                                             .get("endpoints"))))),
+            control_plane_manifests(False), tool.version,
+            ((cluster.get("etcd") or {}).get("external") or {}).get("endpoints")))),
         ("kubelet-start", lambda: kubelet_start(tool, configs, node_reg, None, local_etcd)),
-        ("wait-control-plane", lambda: tool.say(
-            "[wait-control-plane] stand-in: nothing to wait for (no control plane runs)")),
+        ("wait-control-plane", lambda: wait_for_kubelet(tool)),
         ("upload-config", lambda: None),
         ("upload-certs", (lambda: None) if upload else None),
         ("mark-control-plane", lambda: None),
@@ -662,19 +685,20 @@ def join(tool: Tool, configs: dict, opts: dict) -> None:
 
     def prepare():
         write_files(tool, kubeconfig_files(tool, server, "kubernetes", init=False, name=name))
-        write_files(tool, manifest_files(control_plane_manifests(False)))
+        write_files(tool, manifest_files(control_plane_manifests(False), tool.version))
 
     fresh = {"tool": "stand-in kubeadm (TEST-ONLY)", "node": name,
              "role": "control-plane" if control_plane else "worker",
              "etcd": ("stacked" if local_etcd else "external") if control_plane else None,
-             "steps": {}, **registration(node_reg, control_plane)}
+             "steps": {}, "version": tool.version, **registration(node_reg, control_plane)}
     steps = [("preflight", do_preflight)]
     if control_plane:
         steps.append(("control-plane-prepare", prepare))
     steps.append(("kubelet-start", lambda: kubelet_start(tool, configs, node_reg, (server, name),
                                                          False)))
     if local_etcd:
-        steps.append(("etcd-join", lambda: (write_files(tool, manifest_files(["etcd"])),
+        steps.append(("etcd-join", lambda: (write_files(tool, manifest_files(["etcd"],
+                                                                             tool.version)),
                                             etcd_data(tool))))
     steps.append(("kubelet-wait-bootstrap", lambda: None))
     if control_plane:
@@ -721,16 +745,18 @@ def kubeconfig_files(tool: Tool, server: str, cname: str, init: bool,
     return files
 
 
-def manifest_files(names: list[str], etcd_servers: list[str] | None = None
+def manifest_files(names: list[str], version: str = "", etcd_servers: list[str] | None = None
                    ) -> dict[str, tuple[str, int]]:
-    """Placeholder static pods. The API server's command carries --etcd-servers as kubeadm
-    writes it from ClusterConfiguration.etcd.external.endpoints (init only: a joining control
-    plane would read them from the cluster, which the stand-in does not have)."""
+    """Placeholder static pods, their images tagged with `version`. The API server's command
+    carries --etcd-servers as kubeadm writes it from ClusterConfiguration.etcd.external.endpoints
+    (init only: a joining control plane would read them from the cluster, which the stand-in
+    does not have)."""
     import yaml
 
     files = {}
     for m in names:
-        container = {"name": m, "image": "stand-in.invalid/" + m}
+        container = {"name": m, "image": "stand-in.invalid/" + m
+                     + (f":{version}" if version else "")}
         if m == "kube-apiserver":
             container = {"command": [m] + ([f"--etcd-servers={','.join(etcd_servers)}"]
                                            if etcd_servers else []), **container}

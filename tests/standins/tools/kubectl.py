@@ -49,22 +49,14 @@ def main(tool: Tool, argv: list[str], log: str = "kubectl") -> int:
         return 0
     if args[0] == "apply":
         return apply(tool, argv, opts, args[1:], log)
-    from . import nodes
+    if args[0] in ("get", "label", "taint", "drain", "cordon", "uncordon", "delete"):
+        from . import nodes
 
-    if args[0] in ("cordon", "uncordon", "drain", "delete") or nodes.answers(args):
-        verbs = {"cordon": nodes.cordon, "drain": nodes.drain, "delete": nodes.delete,
-                 "uncordon": lambda t, o, a: nodes.cordon(t, o, a, on=False)}
+        verbs = {"get": nodes.get if nodes.answers(args) else get, "label": label,
+                 "taint": taint, "drain": nodes.drain, "cordon": nodes.cordon,
+                 "uncordon": nodes.uncordon, "delete": nodes.delete}
         try:
-            rc = nodes.get(tool, opts, args) if args[0] == "get" else \
-                verbs[args[0]](tool, opts, args[1:])
-        except Failed as e:
-            tool.record(argv, "error: " + str(e).splitlines()[0], log=log)
-            raise
-        tool.record(argv, "ok", log=log)
-        return rc
-    if args[0] in ("get", "label", "taint"):
-        try:
-            rc = {"get": get, "label": label, "taint": taint}[args[0]](tool, opts, args[1:])
+            rc = verbs[args[0]](tool, opts, args[1:])
         except Failed as e:
             tool.record(argv, "error: " + str(e).splitlines()[0], log=log)
             raise
@@ -73,7 +65,7 @@ def main(tool: Tool, argv: list[str], log: str = "kubectl") -> int:
     if args[0] in ("wait", "rollout", "describe", "cluster-info"):
         no_api_server(args[0])
     raise Failed(f'unknown command "{args[0]}" for the kubectl stand-in (it implements version, '
-                 "apply, get, label, taint)")
+                 "apply, get, label, taint, cordon, uncordon, drain, delete)")
 
 
 def no_api_server(what: str):
@@ -203,6 +195,13 @@ def get(tool: Tool, opts: dict, args: list[str]) -> int:
     check_kubeconfig(tool, opts)
     if args[:1] == ["--raw"] or (args and args[0].startswith("--raw=")):
         path = args[0].split("=", 1)[1] if "=" in args[0] else (args[1] if len(args) > 1 else "")
+        if path == "/version" and len(args) == (1 if "=" in args[0] else 2):
+            from .upgrade import raw_version
+
+            if not state.node_view(tool)["api_up"]:
+                refused(tool, opts, not_reachable_reason(tool))
+            print(raw_version(tool))
+            return 0
         if path.split("?")[0] not in HEALTH or len(args) > (1 if "=" in args[0] else 2):
             no_api_server("get --raw " + path)
         if not state.node_view(tool)["api_up"]:
@@ -227,6 +226,23 @@ def get(tool: Tool, opts: dict, args: list[str]) -> int:
             words.append(a)
         i += 1
     wanted = resources(words)
+    field = (output or "").removeprefix("jsonpath=").strip("'")
+    if field in ("{.spec.unschedulable}", "{.status.nodeInfo.kubeletVersion}") \
+            and [k for k, _ in wanted] == ["nodes"]:
+        from . import nodes, upgrade
+
+        view = state.node_view(tool)
+        if not view["reachable"]:
+            refused(tool, opts, not_reachable_reason(tool))
+        for _, name in wanted:
+            if field == "{.spec.unschedulable}":  # any name: kept where drain/cordon ran
+                if not view["api_up"]:
+                    no_api_server("get node -o jsonpath={.spec.unschedulable} (answered on a "
+                                  "control plane only)")
+                print(nodes.unschedulable(tool, name), end="")
+            else:
+                print(upgrade.node_kubelet_version(tool, view, name), end="")
+        return 0
     labels = output in ("jsonpath={.metadata.labels}", "jsonpath='{.metadata.labels}'")
     if output != "name" and not (labels and [k for k, _ in wanted] == ["nodes"]):
         no_api_server(f"get {' '.join(words)} -o {output}" if output else f"get {' '.join(words)}"

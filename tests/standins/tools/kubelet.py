@@ -24,6 +24,9 @@ def main(tool: Tool, argv: list[str]) -> int:
     stop_on_sigterm()
     try:
         config = check(tool, flags)
+        from .upgrade import kubelet_started
+
+        kubelet_started(tool)
     except Failed as e:
         tool.record(argv, "error: " + str(e).splitlines()[0])
         raise

@@ -1,5 +1,5 @@
 """TEST-ONLY kubectl stand-in verbs on other nodes: `cordon`, `uncordon`, `drain`, `delete node`
-(remove-node). There is no API server: the node objects are what a control plane's stand-in
+(remove-node, upgrade). There is no API server: the node objects are what a control plane's stand-in
 records about them (records_path, per node name), and the pods on a node come from a test
 fixture, /etc/standin/pods.json on the node kubectl runs on:
 
@@ -7,7 +7,9 @@ fixture, /etc/standin/pods.json on the node kubectl runs on:
              "emptyDir": false, "pdbBlocks": false}, ...]}
 
 `controller` is the owner kind (DaemonSet, ReplicaSet, ...; null: a bare pod); `pdbBlocks`: a
-PodDisruptionBudget allows no disruption of this pod, so every eviction is refused (429).
+PodDisruptionBudget allows no disruption of this pod, so every eviction is refused (429). Once
+kubeadm's addons are installed (the kube-proxy DaemonSet) every node also runs a kube-proxy
+DaemonSet pod.
 
 What they check, as kubectl does (kubectl drain's pod filters and eviction loop):
 - drain cordons first; DaemonSet pods need --ignore-daemonsets (then they stay), pods with
@@ -16,8 +18,8 @@ What they check, as kubectl does (kubectl drain's pod filters and eviction loop)
 - an eviction a PodDisruptionBudget refuses is retried every 5 s (here every 1 s, said so)
   until --timeout, then the drain fails ("global timeout reached"); --disable-eviction deletes
   the pods instead (past any budget); --timeout=0 waits forever, as in kubectl;
-- `get node OTHER -o jsonpath={.spec.unschedulable}` answers from the records, and `get pods
-  -A --field-selector spec.nodeName=NAME -o jsonpath=...` prints one line per pod of the
+- `get node OTHER -o jsonpath={.spec.unschedulable}` answers from the records (kubectl.get asks
+  `unschedulable`; NotFound once deleted), and `get pods -A --field-selector spec.nodeName=NAME -o jsonpath=...` prints one line per pod of the
   fixture, `NAMESPACE/NAME=OWNER KIND` (the drain phase's end state; only that jsonpath);
 - `cordon` / `drain` take any node name (the stand-in cannot know the cluster's other nodes);
   `get node OTHER` on a control plane finds a node this stand-in has recorded (labelled,
@@ -89,6 +91,15 @@ def set_record(tool: Tool, name: str, **values) -> None:
     state.save(tool, state.records_path(tool), data)
 
 
+def unschedulable(tool: Tool, name: str) -> str:
+    must_exist(tool, name)
+    return "true" if (records(tool).get(name) or {}).get("unschedulable") else ""
+
+
+def uncordon(tool: Tool, opts: dict, args: list[str]) -> int:
+    return cordon(tool, opts, args, on=False)
+
+
 def cordon(tool: Tool, opts: dict, args: list[str], on: bool = True) -> int:
     require_api(tool, opts)
     name, _ = node_name("cordon" if on else "uncordon", args)
@@ -101,7 +112,7 @@ def cordon(tool: Tool, opts: dict, args: list[str], on: bool = True) -> int:
 
 
 DRAIN_FLAGS = ("--ignore-daemonsets", "--delete-emptydir-data", "--force", "--timeout",
-               "--disable-eviction", "--grace-period")
+               "--disable-eviction", "--grace-period", "--pod-selector")
 
 
 def duration(text: str) -> float:
@@ -115,7 +126,7 @@ def duration(text: str) -> float:
 def drain(tool: Tool, opts: dict, args: list[str]) -> int:
     import json
 
-    require_api(tool, opts)
+    view = require_api(tool, opts)
     name, flags = node_name("drain", args, DRAIN_FLAGS)
     values = {f.split("=", 1)[0]: (f.split("=", 1)[1] if "=" in f else "true") for f in flags}
     timeout = duration(values.get("--timeout", "0s"))
@@ -131,6 +142,9 @@ def drain(tool: Tool, opts: dict, args: list[str]) -> int:
         return f"{p['namespace']}/{p['name']}"
     fatal = []
     ds = [p for p in pods if p.get("controller") == "DaemonSet"]
+    if view["addons"]:
+        ds.append({"namespace": "kube-system", "name": f"kube-proxy-{name}",
+                   "controller": "DaemonSet"})
     if ds and not on("--ignore-daemonsets"):
         fatal.append("cannot delete DaemonSet-managed Pods (use --ignore-daemonsets to ignore): "
                      + ", ".join(map(ref, ds)))
@@ -193,28 +207,20 @@ def delete(tool: Tool, opts: dict, args: list[str]) -> int:
     return 0
 
 
-UNSCHEDULABLE = "jsonpath={.spec.unschedulable}"
 OWNERS = ('jsonpath={range .items[*]}{.metadata.namespace}/{.metadata.name}='
           '{.metadata.ownerReferences[*].kind}{"\\n"}{end}')
 
 
 def answers(args: list[str]) -> bool:
-    """The two `get` forms of the drain phase's probe, which kubectl.get does not serve."""
-    return (args[:2] in (["get", "pods"], ["get", "pod"]) and "--field-selector" in args) or \
-        (args[:2] == ["get", "node"] and UNSCHEDULABLE in args)
+    """The `get` form of the drain phase's probe that kubectl.get does not serve."""
+    return args[:2] in (["get", "pods"], ["get", "pod"]) and "--field-selector" in args
 
 
 def get(tool: Tool, opts: dict, args: list[str]) -> int:
     import json
 
     require_api(tool, opts)
-    if args[1] == "node":
-        name = args[2]
-        if not known(tool, name) and name != state.node_view(tool)["node"]:
-            raise Failed(f'Error from server (NotFound): nodes "{name}" not found')
-        print("true" if (records(tool).get(name) or {}).get("unschedulable") else "")
-        return 0
-    rest = args[2:]
+    rest = args[1:]
     selector = rest[rest.index("--field-selector") + 1]
     output = rest[rest.index("-o") + 1] if "-o" in rest else None
     if not selector.startswith("spec.nodeName=") or output != OWNERS or \

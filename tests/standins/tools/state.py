@@ -33,6 +33,7 @@ KUBEADM_STATE = "/var/lib/standin/kubeadm-state.json"
 K3S_DIR = "/var/lib/rancher/k3s/standin"
 K3S_STATE = f"{K3S_DIR}/k3s-state.json"
 FAULTS = "/etc/standin/faults"
+APISERVER_MANIFEST = "/etc/kubernetes/manifests/kube-apiserver.yaml"
 ACTIVE = "/run/standin/active"
 
 
@@ -107,7 +108,9 @@ def kubeadm_view(tool: Tool) -> dict:
     - api_up: this node's own API server answers. init: wait-control-plane passed. A
       control-plane join: its static pods run once kubelet-start has started the kubelet (and,
       with stacked etcd, etcd-join has added the local member), unless the join failed while
-      waiting for them (wait-control-plane). In both cases the kubelet unit must be active.
+      waiting for them (wait-control-plane). In both cases the kubelet unit must be active,
+      and the kube-apiserver static pod manifest must be in /etc/kubernetes/manifests (moved
+      away, e.g. by cluster.restore, the kubelet stops the pod).
     - reachable: an API answers the kubeconfigs of this node. The init node: its own API. A
       joined node: the cluster it joined (assumed up: the stand-in knows only this node).
     - registered: init: kubelet-start done and the API up; join: kubelet-start done (the
@@ -119,15 +122,16 @@ def kubeadm_view(tool: Tool) -> dict:
     phases = set(steps.get("init phase", []))
     done = init | join | phases
     kubelet = unit_active(tool, "kubelet")
+    pod = tool.path(APISERVER_MANIFEST).exists()
     stacked = s.get("etcd") == "stacked"
     control_plane = s.get("role") == "control-plane"
     if "init" in steps:
-        api_up = "wait-control-plane" in init and kubelet
+        api_up = "wait-control-plane" in init and kubelet and pod
         reachable = api_up
         registered = "kubelet-start" in init and api_up
         etcd_member = stacked and "etcd" in init
     elif "join" in steps:
-        api_up = (control_plane and kubelet and "kubelet-start" in join
+        api_up = (control_plane and kubelet and pod and "kubelet-start" in join
                   and ("etcd-join" in join or not stacked)
                   and (s.get("failed") or {}).get("join") != "wait-control-plane")
         reachable = True
@@ -135,6 +139,8 @@ def kubeadm_view(tool: Tool) -> dict:
         etcd_member = stacked and "etcd-join" in join
     else:
         api_up = reachable = registered = etcd_member = False
+    if control_plane and not tool.path("/etc/kubernetes/manifests/kube-apiserver.yaml").exists():
+        api_up = False  # its static pod manifest moved aside: the kubelet stopped the API server
     marked = control_plane and ("mark-control-plane" in done or "control-plane-join" in join)
     # nodeRegistration.taints: a control plane gets them from mark-control-plane, a worker's
     # kubelet registers with them
