@@ -21,7 +21,7 @@ import yaml
 
 from provisioner import actions, removal
 from provisioner.errors import UserError
-from tests.conftest import REPO, check_up, lab_cluster, require_lab
+from tests.conftest import REPO, booted_lab, lab_cluster
 
 pytestmark = pytest.mark.lab
 INVENTORY = REPO / "tests/data/lab-remove.yml"
@@ -31,17 +31,8 @@ TIMES = {}
 
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory):
-    require_lab()
-    from provisioner.lab.nspawn import Lab
-
-    cluster = lab_cluster(INVENTORY, tmp_path_factory.mktemp("remove-state"))
-    the_lab = Lab(cluster, log=lambda msg: None)
-    with the_lab.locked(wait=600):
-        try:
-            check_up(the_lab.up())
-            yield the_lab
-        finally:
-            the_lab.down()
+    with booted_lab(INVENTORY, tmp_path_factory.mktemp("remove-state")) as booted:
+        yield booted
 
 
 @pytest.fixture(scope="module")
