@@ -19,6 +19,7 @@ MANIFESTS_ASIDE = "/etc/kubernetes/manifests-aside"  # static pods stopped for a
 ADDONS = "/etc/kubernetes/addons"
 NODE_META = "/etc/kubernetes/provisioner/node-meta.json"
 KUBEADM_LOG = "/var/log/provisioner/kubeadm.log"
+KUBEADM_LOG_MARK = "--- provisioner:"  # starts each attempt's lines in KUBEADM_LOG
 
 # k3s
 K3S_DIR = "/etc/rancher/k3s"
@@ -65,6 +66,7 @@ PLAYBOOK_VARS = {
     "addons": ADDONS,
     "node_meta": NODE_META,
     "kubeadm_log": KUBEADM_LOG,
+    "kubeadm_log_mark": KUBEADM_LOG_MARK,
     "k3s_admin_conf": K3S_ADMIN_CONF,
     "k3s_agent_conf": K3S_AGENT_CONF,
     "k3s_node_token": K3S_NODE_TOKEN,

@@ -55,7 +55,13 @@ def standin_log(lab, node, tool="kubeadm"):
 
 @pytest.fixture(scope="module")
 def fresh(lab):
+    """Fresh nodes, and a controller that never fetched their kubeconfig (the lab's state
+    folder is shared with the modules before: the stand-ins' admin.conf of a rebuilt cluster
+    may equal the one fetched then, and the kubeconfig phase would rightly have no work)."""
     lab.reset()
+    state = State(lab.cluster)
+    state.kubeconfig.unlink(missing_ok=True)
+    (state.dir / "kubeconfig.source").unlink(missing_ok=True)
     return lab
 
 
