@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import difflib
 import os
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -448,6 +449,9 @@ def load(path: str | os.PathLike, check: Callable | None = None) -> model.Cluste
         from . import validate  # semantic checks on a structurally sound inventory
 
         c.problems += (check or validate.check)(cluster, where)
+        if not c.problems and check is None:
+            cluster = dataclasses.replace(cluster, warnings=tuple(
+                str(p) for p in validate.warnings(cluster, where)))
     if c.problems:
         raise InvalidInventory(c.problems)
     return cluster

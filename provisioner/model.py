@@ -16,6 +16,10 @@ CONTROL_PLANE = "control_plane"
 WORKERS = "workers"
 ROLE_GROUPS = (LOADBALANCERS, ETCD, CONTROL_PLANE, WORKERS)
 
+# kubeadm's `local` HA: each node's API proxy on 127.0.0.1 (the control planes' API servers
+# hold the API port on every address, so the proxy takes the next one)
+LOCAL_PROXY_PORT = 6444
+
 
 @dataclass(frozen=True)
 class Node:
@@ -60,6 +64,7 @@ class Cluster:
     lab_bridge: str | None = None
     lab_bridge_address: str | None = None
     k3s_token_file: str | None = None
+    warnings: tuple[str, ...] = ()  # FILE:LINE: key: message lines of validate.WARNINGS
 
     # -- roles -------------------------------------------------------------------------------
     def with_role(self, role: str) -> tuple[Node, ...]:
@@ -120,9 +125,12 @@ class Cluster:
     @property
     def lb_nodes(self) -> tuple[Node, ...]:
         """Hosts that balance the API: the haproxy + keepalived pair, the kube-vip control
-        planes, or (`local`) the kube workers' own 127.0.0.1 proxy."""
+        planes, or (`local`) a 127.0.0.1 proxy on every kubeadm node — control planes too, so
+        a joining control plane reaches the serving API servers, not its own — or on each k3s
+        agent (servers serve the API themselves)."""
+        local = self.kube_workers if self.is_k3s else self.kube_nodes
         return {"haproxy": self.loadbalancers, "kube-vip": self.control_planes,
-                "local": self.kube_workers}.get(self.ha_mode, ())
+                "local": local}.get(self.ha_mode, ())
 
     @property
     def lb_units(self) -> tuple[str, ...]:
@@ -152,8 +160,14 @@ class Cluster:
         return self.first_control_plane.address
 
     @property
+    def endpoint_port(self) -> int:
+        """The port of the API endpoint: kubeadm's `local` proxy listens beside the control
+        planes' own API servers, so on LOCAL_PROXY_PORT; everywhere else the API port."""
+        return LOCAL_PROXY_PORT if self.ha_mode == "local" and not self.is_k3s else self.api_port
+
+    @property
     def api_endpoint(self) -> str:
-        return f"{self.api_host}:{self.api_port}"
+        return f"{self.api_host}:{self.endpoint_port}"
 
     @property
     def kubeconfig_server(self) -> str:

@@ -56,6 +56,8 @@ def owners(cluster: Cluster) -> dict[int, tuple[set[str], set[str]]]:
     """port -> (process names, services) of our own components that listen on it."""
     return {
         cluster.api_port: ({"kube-apiserver", "haproxy"} | K3S_PROCS, {"haproxy", "kubelet", "k3s"}),
+        cluster.endpoint_port: ({"haproxy", "kube-apiserver"} | K3S_PROCS,
+                                {"haproxy", "kubelet", "k3s"}),
         2379: ({"etcd"} | K3S_PROCS, {"etcd", "kubelet", "k3s"}),
         2380: ({"etcd"} | K3S_PROCS, {"etcd", "kubelet", "k3s"}),
         10250: ({"kubelet"} | K3S_PROCS, K8S_SERVICES),
@@ -79,6 +81,8 @@ def ports_for(cluster: Cluster, node: Node) -> list[int]:
         ports += [2379, 2380]
     if node.has(LOADBALANCERS) and cluster.ha_mode == "haproxy":
         ports.append(cluster.api_port)
+    if cluster.ha_mode == "local" and node in cluster.lb_nodes:
+        ports.append(cluster.endpoint_port)
     if kube:
         ports.append(10250)
         if cluster.cni == "calico":

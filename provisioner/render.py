@@ -64,14 +64,6 @@ def apiserver_port(c: Cluster) -> int:
     return c.api_port
 
 
-def join_endpoint(c: Cluster, n: Node) -> str:
-    """Where a joining node finds the API. In `local` mode the workers' own haproxy answers on
-    127.0.0.1, but a joining control plane has none, so it asks the first control plane."""
-    if c.ha_mode == "local" and n.has("control_plane"):
-        return f"{c.first_control_plane.address}:{c.api_port}"
-    return c.api_endpoint
-
-
 def k3s_server_url(c: Cluster) -> str:
     """k3s agents balance across servers themselves: without a VIP they use the first server."""
     host = c.api_vip if c.ha_mode in ("kube-vip", "haproxy") and c.api_vip else \
@@ -149,7 +141,6 @@ def preflight_ignores(c: Cluster, n: Node) -> list[str]:
 
 GLOBALS = {
     "apiserver_port": apiserver_port,
-    "join_endpoint": join_endpoint,
     "k3s_server_url": k3s_server_url,
     "vip_prefix": vip_prefix,
     "vrrp_router_id": vrrp_router_id,

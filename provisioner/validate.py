@@ -102,6 +102,11 @@ def check(cluster: Cluster, where) -> list[Problem]:
     return list(dict.fromkeys(p for c in CHECKS for p in c(cluster, where)))
 
 
+def warnings(cluster: Cluster, where) -> list[Problem]:
+    """What is allowed but unwise (printed by validate, plan and up; never refused)."""
+    return list(dict.fromkeys(p for c in WARNINGS for p in c(cluster, where)))
+
+
 # ---------------------------------------------------------------------------------------------
 # Helpers
 # ---------------------------------------------------------------------------------------------
@@ -405,7 +410,9 @@ def check_k3s_etcd_group(cluster: Cluster, where) -> Iterable[Problem]:
                             "remove the etcd group; the control_plane hosts form the etcd cluster")
 
 
-def check_etcd_count(cluster: Cluster, where) -> Iterable[Problem]:
+def warn_even_etcd(cluster: Cluster, where) -> Iterable[Problem]:
+    """A warning, not an error: etcd runs with an even count (a member removed, its
+    replacement not added yet), it only tolerates no more failures than a member less."""
     if cluster.is_k3s and cluster.etcd_nodes:
         return  # reported by check_k3s_etcd_group
     members, kind = etcd_members(cluster)
@@ -423,7 +430,13 @@ def check_etcd_count(cluster: Cluster, where) -> Iterable[Problem]:
                                 "use 1, 3 or 5 control planes" + (
                                     ", or an external etcd group of 3" if kind == "stacked"
                                     else ""))
-    if kind == "external" and count == 1 and len(cluster.control_planes) >= 2:
+
+
+def check_single_etcd_under_ha(cluster: Cluster, where) -> Iterable[Problem]:
+    if cluster.is_k3s and cluster.etcd_nodes:
+        return  # reported by check_k3s_etcd_group
+    members, kind = etcd_members(cluster)
+    if kind == "external" and len(members) == 1 and len(cluster.control_planes) >= 2:
         yield group_problem(where, ETCD, "a single etcd member under an HA control plane: the "
                             "cluster stops when that host does", "use 3 etcd hosts, or remove "
                             "the etcd group to stack etcd on the control planes")
@@ -502,17 +515,6 @@ def check_single_endpoint(cluster: Cluster, where) -> Iterable[Problem]:
                       "use ha_mode kube-vip, haproxy or local")
 
 
-def check_local_mode_kubeadm(cluster: Cluster, where) -> Iterable[Problem]:
-    """`local` puts the 127.0.0.1 API proxy on workers only; a joining kubeadm control plane
-    would bootstrap its kubelet against 127.0.0.1, its own API server not yet serving."""
-    count = len(cluster.control_planes)
-    if cluster.ha_mode == "local" and not cluster.is_k3s and count > 1:
-        yield problem(where, "ha_mode", f"ha_mode local (the default with {count} control "
-                      "planes) cannot join further kubeadm control planes",
-                      "use ha_mode kube-vip with an api_vip, or haproxy with a loadbalancers "
-                      "pair; local suits k3s or a single control plane")
-
-
 def check_keepalived_priority(cluster: Cluster, where) -> Iterable[Problem]:
     for n in cluster.nodes:
         prio = n.keepalived_priority
@@ -575,6 +577,8 @@ def ports_on(cluster: Cluster, node: Node) -> list[tuple[int, str]]:
         ports.append((node.ssh_port, "sshd"))
     if node.has(LOADBALANCERS) and cluster.ha_mode == "haproxy":
         ports.append((cluster.api_port, "haproxy"))
+    if cluster.ha_mode == "local" and node in cluster.lb_nodes:
+        ports.append((cluster.endpoint_port, "haproxy"))
     return ports
 
 
@@ -588,7 +592,11 @@ def check_port_clash(cluster: Cluster, where) -> Iterable[Problem]:
             if len(who) > 1 and port == cluster.api_port:
                 clashes.setdefault(tuple(sorted(who)), []).append(n)
     for who, nodes in clashes.items():
-        if "haproxy" in who and "kube-apiserver" in who:
+        if "haproxy" in who and "kube-apiserver" in who and cluster.ha_mode == "local":
+            yield problem(where, "api_port", f"port {cluster.api_port} is the port of the "
+                          "local API proxy (ha_mode local) on every node", "use another port, "
+                          "e.g. the default 6443")
+        elif "haproxy" in who and "kube-apiserver" in who:
             for n in nodes:
                 yield problem(where, None, f"haproxy and kube-apiserver would both listen on "
                               f"port {cluster.api_port} here", "put the load balancers on hosts "
@@ -753,7 +761,6 @@ def _kubelet_refuses(key: str) -> bool:
 
 
 CHECKS = [
-    check_local_mode_kubeadm,
     check_version,
     check_cluster_name,
     check_cluster_domain,
@@ -766,7 +773,7 @@ CHECKS = [
     check_pod_cidr_size,
     check_service_cidr_size,
     check_k3s_etcd_group,
-    check_etcd_count,
+    check_single_etcd_under_ha,
     check_vip_required,
     check_vip_unused,
     check_vip_address,
@@ -786,3 +793,5 @@ CHECKS = [
     check_taints,
     check_labels,
 ]
+
+WARNINGS = [warn_even_etcd]

@@ -80,6 +80,22 @@ def test_good_inventory(path):
     assert cluster.control_planes
 
 
+@pytest.mark.parametrize("path", sorted((ROOT / "tests/data/warn").glob("*.yml")),
+                         ids=lambda p: p.stem)
+def test_allowed_but_unwise_inventory_loads_with_its_warning(path):
+    wants = [line.split("# warning:", 1)[1].strip() for line in path.read_text().splitlines()
+             if line.startswith("# warning:")]
+    cluster = inventory.load(rel(path))
+    assert wants and len(cluster.warnings) == len(wants)
+    assert all(w.startswith(rel(path) + want) for w, want in zip(cluster.warnings, wants))
+    r = invoke_validate(rel(path))
+    assert r.returncode == 0 and f"warning: {rel(path)}{wants[0]}" in r.stderr
+
+
+def test_good_inventories_have_no_warning():
+    assert [w for p in GOOD for w in inventory.load(rel(p)).warnings] == []
+
+
 def test_every_rule_has_a_bad_inventory():
     """Each semantic check, run alone, rejects at least one structurally sound bad file."""
     sound = []  # (cluster, where) of the files whose only problems are semantic

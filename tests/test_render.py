@@ -25,6 +25,7 @@ import pytest
 import yaml
 
 from provisioner import inventory, phases, pki, render
+from provisioner.model import LOCAL_PROXY_PORT
 from provisioner.state import State
 
 REPO = Path(__file__).resolve().parents[1]
@@ -239,15 +240,16 @@ def test_kubeadm_join_semantics(inv):
             assert join["controlPlane"]["certificateKey"] == SECRETS["certificate_key"]
             assert join["controlPlane"]["localAPIEndpoint"]["advertiseAddress"] == n.address
             assert files["/etc/kubernetes/kubeadm-join.yaml"].phase == "join-control-plane"
-            # in `local` mode only workers run the 127.0.0.1 balancer: others ask the first
-            first = f"{c.first_control_plane.address}:{c.api_port}"
-            assert bt["apiServerEndpoint"] == (first if c.ha_mode == "local" else c.api_endpoint)
         else:
             assert "controlPlane" not in join
             assert SECRETS["certificate_key"] not in text(inv, n.name,
                                                           "/etc/kubernetes/kubeadm-join.yaml")
-            assert bt["apiServerEndpoint"] == c.api_endpoint
             assert files["/etc/kubernetes/kubeadm-join.yaml"].phase == "join-workers"
+        assert bt["apiServerEndpoint"] == c.api_endpoint
+        if c.ha_mode == "local":  # its own proxy answers there, forwarding to serving ones
+            assert c.api_endpoint == f"127.0.0.1:{LOCAL_PROXY_PORT}" and n in c.lb_nodes
+            assert f"bind 127.0.0.1:{LOCAL_PROXY_PORT}" in text(inv, n.name,
+                                                                  "/etc/haproxy/haproxy.cfg")
 
 
 @pytest.mark.parametrize("inv", KUBEADM)
@@ -493,7 +495,7 @@ def test_haproxy_balances_the_api_over_every_control_plane(inv, host, path):
     assert set(s) == {"global", "defaults", "frontend kube-apiserver", "backend kube-apiserver"}
     assert "mode tcp" in s["defaults"]
     bind = "127.0.0.1" if c.ha_mode == "local" else "*"
-    assert s["frontend kube-apiserver"] == [f"bind {bind}:{c.api_port}",
+    assert s["frontend kube-apiserver"] == [f"bind {bind}:{c.endpoint_port}",
                                            "default_backend kube-apiserver"]
     servers = [line.split() for line in s["backend kube-apiserver"] if line.startswith("server ")]
     assert servers == [["server", n.name, f"{n.address}:{c.api_port}"] for n in c.control_planes]

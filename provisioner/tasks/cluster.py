@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 from invoke import task
 
 from .. import inventory as inv
@@ -23,6 +25,14 @@ HELP = {
 }
 
 
+def load(inventory: str):
+    """The checked inventory; what is allowed but unwise is said on stderr first."""
+    cluster = inv.load(inventory)
+    for line in cluster.warnings:
+        print(f"warning: {line}", file=sys.stderr)
+    return cluster
+
+
 def helps(*names: str) -> dict:
     return {n: HELP[n] for n in names}
 
@@ -32,7 +42,7 @@ def helps(*names: str) -> dict:
 def validate(c, inventory=DEFAULT_INVENTORY):
     """Check an inventory; print every problem as FILE:LINE: key: message (fix)."""
     try:
-        cluster = inv.load(inventory)
+        cluster = load(inventory)
     except InvalidInventory as e:
         n = len(e.problems)
         raise UserError(f"{e}\n{n} problem{'s' if n != 1 else ''} in {inventory}") from None
@@ -71,7 +81,7 @@ def plan(c, inventory=DEFAULT_INVENTORY, bundle=None, from_=None, trust_new_host
          files=False):
     """Dry run: probe the hosts and print, per phase and host, what cluster.up would change."""
 
-    cluster = inv.load(inventory)
+    cluster = load(inventory)
     run, result = actions.plan(cluster, bundle_dir=bundle, start=from_, trust_new=trust_new_hosts)
     if files:
         for n in cluster.nodes:
@@ -94,7 +104,7 @@ def up(c, inventory=DEFAULT_INVENTORY, bundle=None, from_=None, trust_new_hosts=
     """Build or converge the cluster: validate, preflight, then every phase that has work."""
     from ..progress import Progress
 
-    cluster = inv.load(inventory)
+    cluster = load(inventory)
     with Progress() as progress:
         result = actions.up(cluster, bundle_dir=bundle, start=from_, trust_new=trust_new_hosts,
                             progress=progress)
@@ -110,7 +120,7 @@ def status(c, inventory=DEFAULT_INVENTORY):
     from rich.table import Table
 
 
-    cluster = inv.load(inventory)
+    cluster = load(inventory)
     facts = actions.status(cluster)
     table = Table(title=f"cluster {cluster.cluster_name}")
     for col in ("host", "address", "roles") + paths.SERVICES:
@@ -135,7 +145,7 @@ def smoke(c, inventory=DEFAULT_INVENTORY):
 def reset(c, inventory=DEFAULT_INVENTORY, yes=False):
     """Remove Kubernetes, etcd and load balancers from every host (PKI and secrets are kept)."""
 
-    cluster = inv.load(inventory)
+    cluster = load(inventory)
     if not yes and input(f"reset cluster {cluster.cluster_name} on {len(cluster.nodes)} "
                          "hosts? type the cluster name: ").strip() != cluster.cluster_name:
         print("not confirmed; nothing changed")
@@ -152,7 +162,7 @@ def backup(c, inventory=DEFAULT_INVENTORY, plan=False):
     """Snapshot etcd from a healthy member into <state>/<cluster>/backups/; print its path."""
     from .. import backup as actions_backup
 
-    cluster = inv.load(inventory)
+    cluster = load(inventory)
     result = actions_backup.backup(cluster, plan=plan)
     if plan:
         print_plan(result["plan"])
@@ -174,7 +184,7 @@ def restore(c, snapshot, inventory=DEFAULT_INVENTORY, plan=False, yes=False):
     written after the snapshot is lost. Resumable: rerun after a failure."""
     from .. import backup as actions_backup
 
-    cluster = inv.load(inventory)
+    cluster = load(inventory)
 
     def confirm(message: str) -> bool:
         if yes:
@@ -224,7 +234,7 @@ def trust(c, inventory=DEFAULT_INVENTORY, yes=False):
     from ..errors import UserError
     from ..ssh import known_hosts_path, record_host_keys, scan_hosts
 
-    cluster = inv.load(inventory)
+    cluster = load(inventory)
     path = known_hosts_path(cluster)
     scanned = scan_hosts(cluster.nodes, path)
     table = Table(title=f"host keys of cluster {cluster.cluster_name} ({path})", title_justify="left")
@@ -264,7 +274,7 @@ def render(c, inventory=DEFAULT_INVENTORY, out=None):
     from .. import render as renderer
     from ..state import State
 
-    cluster = inv.load(inventory)
+    cluster = load(inventory)
     state = State(cluster)
     with state.lock(wait=10):
         run = actions.Run.prepare(cluster)
@@ -298,7 +308,7 @@ def upgrade(c, to, inventory=DEFAULT_INVENTORY, bundle=None, max_unavailable=1, 
     from .. import upgrade as upgrades
     from ..progress import Progress
 
-    cluster = inv.load(inventory)
+    cluster = load(inventory)
     if plan:
         result = upgrades.upgrade(cluster, to, bundle_dir=bundle,
                                   max_unavailable=max_unavailable, dry_run=True,
@@ -335,7 +345,7 @@ def certs(c, inventory=DEFAULT_INVENTORY, renew=False, plan=False, trust_new_hos
     from .. import certs as certs_
     from ..progress import Progress
 
-    cluster = inv.load(inventory)
+    cluster = load(inventory)
     if plan and not renew:
         raise UserError("--plan goes with --renew (cluster.certs alone changes nothing)")
     if renew and plan:
@@ -377,7 +387,7 @@ def remove_node(c, name, inventory=DEFAULT_INVENTORY, force=False, plan=False, b
     from .. import removal
     from ..progress import Progress
 
-    cluster = inv.load(inventory)
+    cluster = load(inventory)
     if plan:
         result = removal.remove_node(cluster, name, bundle_dir=bundle, force=force, dry_run=True,
                                      timeout=int(drain_timeout), trust_new=trust_new_hosts)
@@ -393,9 +403,9 @@ def remove_node(c, name, inventory=DEFAULT_INVENTORY, force=False, plan=False, b
     print_plan(result, verb="did")
     left = [n for n in cluster.etcd_nodes if n.name != name]
     if name in {n.name for n in cluster.etcd_nodes} and left and len(left) % 2 == 0:
-        print(f"note: without {name} the inventory has {len(left)} etcd members, which "
-              "cluster.validate refuses (an even count tolerates no more failures): add a "
-              "replacement member in the same edit; cluster.up joins it as a new member")
+        print(f"note: without {name} the inventory has {len(left)} etcd members: an even "
+              "count tolerates no more failures than one member less; add a replacement "
+              "member when you can (cluster.up joins it as a new member)")
     print(f"{name} has left cluster {cluster.cluster_name} ({time.monotonic() - start:.1f} s). "
           f"Now delete {name} from {inventory}; `invoke cluster.plan -i {inventory}` will then "
           "show nothing to do.")
