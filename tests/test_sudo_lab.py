@@ -87,9 +87,10 @@ def test_up_as_deploy_converges_with_owners_and_modes_right(sudo_lab, bundle):
                           "-name \".*.????????\" -newer /etc/hostname")
         assert (rc, out) == (0, "")
         # everything went through deploy's SSH sessions, never a root login
-        rc, out = as_root(sudo_lab, name, "journalctl -u ssh --no-pager | grep -c "
-                          "\"Accepted publickey for root\" || true")
-        assert out.strip() == "0"
+        # (sshd's own lines only: sudo logs this very command line in the ssh unit too)
+        rc, out = as_root(sudo_lab, name, "journalctl --no-pager _COMM=sshd")
+        assert rc == 0 and "Accepted publickey for deploy" in out
+        assert "Accepted publickey for root" not in out
     rc, out = as_root(sudo_lab, "scp1", "journalctl --no-pager _COMM=sudo | grep -c "
                       "\"USER=root ; COMMAND=/usr/bin/bash -c\"")
     assert int(out) > 10, out  # the provisioner's commands, as root through sudo
