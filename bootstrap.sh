@@ -9,6 +9,7 @@ DEBS=(
   systemd-container debootstrap dpkg-dev    # the built-in lab (nspawn nodes, package source)
   iproute2 openssh-server                   # lab bridge; sshd for the SSH engine's tests
   vagrant                                   # `vagrant validate` of the Vagrantfile
+  sudo                                      # tests of a non-root SSH user with sudo
 )
 missing=()
 for d in "${DEBS[@]}"; do

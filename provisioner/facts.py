@@ -59,6 +59,7 @@ class Facts:
     commands: dict = field(default_factory=dict)     # name -> {"rc": int or None (timed out), "out": str}
     certs: dict = field(default_factory=dict)        # path -> its CERTIFICATE PEM blocks or None; never a key
     probe_errors: dict = field(default_factory=dict)  # fact or "files[PATH]", "certs[PATH]" -> why it is missing
+    sudo_fix: str = ""                # the user is not root and sudo failed: how to fix it (error says why)
 
     @classmethod
     def from_dict(cls, host: str, data: dict) -> "Facts":
@@ -156,7 +157,12 @@ def probe(pool, paths_by_host: Mapping[str, Iterable[str]] | None = None, servic
                                                   commands_by_host.get(n), certs_by_host.get(n, [])))
     results = pool.run(cmd, hosts=names, stdin=stdin, timeout=timeout)
     facts = {}
+    sudo_failed = getattr(pool, "sudo_errors", {})
     for name, r in results.items():
+        if name in sudo_failed:
+            message, fix = sudo_failed[name]
+            facts[name] = Facts(name, reachable=False, error=f"{name}: {message}", sudo_fix=fix)
+            continue
         if r.rc is None:
             facts[name] = Facts(name, reachable=False, error=r.error, seconds=r.seconds)
             continue

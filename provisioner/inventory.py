@@ -78,6 +78,8 @@ ANSIBLE_VARS = (
     "ansible_python_interpreter",
     "ansible_connection",
     "ansible_become",
+    "ansible_become_password_file",
+    "ansible_become_password",
 )
 HOST_KEYS = {
     "ansible_host": str,
@@ -87,6 +89,8 @@ HOST_KEYS = {
     "ansible_python_interpreter": str,
     "ansible_connection": str,
     "ansible_become": bool,
+    "ansible_become_password_file": str,
+    "ansible_become_password": str,
     "node_labels": dict,
     "node_taints": list,
     "keepalived_priority": int,
@@ -489,11 +493,14 @@ def _build(doc: Located, c: _Collector) -> tuple[model.Cluster | None, Where | N
     nodes = []
     for name, (hvars, at) in hosts.items():
         merged = {k: settings[k] for k in ANSIBLE_VARS if k in settings} | hvars
+        user = merged.get("ansible_user", "root")
         nodes.append(model.Node(
             name=name,
             address=str(merged.get("ansible_host", name)),
             roles=tuple(g for g in model.ROLE_GROUPS if name in groups.get(g, ())),
-            ssh_user=merged.get("ansible_user", "root"),
+            ssh_user=user,
+            become=user != "root" and merged.get("ansible_become", True),
+            become_password_file=_key_path(merged.get("ansible_become_password_file"), doc.path),
             ssh_port=merged.get("ansible_port", 22),
             ssh_key=_key_path(merged.get("ansible_ssh_private_key_file"), doc.path),
             labels=dict(hvars.get("node_labels") or {}),

@@ -29,6 +29,10 @@ class Node:
     ssh_user: str = "root"
     ssh_port: int = 22
     ssh_key: str | None = None
+    # root through sudo (ansible_become): on for a user other than root unless the inventory
+    # says `ansible_become: false` (refused by validate: the provisioner needs root)
+    become: bool = False
+    become_password_file: str | None = None  # ansible_become_password_file (absolute, 0600)
     labels: dict = field(default_factory=dict, hash=False, compare=False)
     taints: tuple[str, ...] = ()
     keepalived_priority: int | None = None

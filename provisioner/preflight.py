@@ -181,6 +181,10 @@ def check(cluster: Cluster, facts: Mapping[str, Facts]) -> list[HostProblem]:
     up: dict[str, Facts] = {}
     for node in cluster.nodes:
         f = facts.get(node.name)
+        if f is not None and f.sudo_fix:
+            problems.append(HostProblem(node.name, "sudo", f.error.removeprefix(f"{node.name}: "),
+                                        f.sudo_fix))
+            continue
         if f is None or not f.reachable:
             why = f.error if f and f.error else "not probed"
             problems.append(HostProblem(node.name, "reachable", why,

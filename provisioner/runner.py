@@ -49,6 +49,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
+from . import become
 from .errors import UserError
 from .model import ROLE_GROUPS, Node
 
@@ -57,6 +58,7 @@ KEEP_RUNS = 20
 SECRET_VARS = {"bootstrap_token", "certificate_key", "k3s_token", "vrrp_password",
                "join_token", "encryption_key"}
 SECRET_SUFFIXES = ("_token", "_key", "_password")
+BECOME_PASSWORDS = "become_passwords"  # secret extravar: {host: sudo password}
 REDACTED = "********"
 # What ansible-playbook and ssh need from the controller's environment; nothing else is passed.
 MINIMAL_ENV = ("HOME", "LANG", "LC_ALL", "LC_CTYPE", "USER", "LOGNAME", "SSH_AUTH_SOCK",
@@ -79,6 +81,17 @@ class RunResult:
         return [h for h, c in self.per_host.items() if c.get("changed")]
 
 
+def _flat(values):
+    """The plain values inside `values` (a secret may be a {host: value} mapping)."""
+    for v in values:
+        if isinstance(v, dict):
+            yield from _flat(v.values())
+        elif isinstance(v, (list, tuple)):
+            yield from _flat(v)
+        else:
+            yield v
+
+
 def is_secret(name: str) -> bool:
     return name in SECRET_VARS or name.endswith(SECRET_SUFFIXES)
 
@@ -87,7 +100,7 @@ class Redactor:
     """Replaces known secret values in strings and nested event data."""
 
     def __init__(self, values=()):
-        plain = {str(v) for v in values if v is not None and len(str(v)) >= 4}
+        plain = {str(v) for v in _flat(values) if v is not None and len(str(v)) >= 4}
         # as JSON-encoded in event files too (a secret with a quote, backslash or newline)
         variants = plain | {json.dumps(v)[1:-1] for v in plain} | {
             json.dumps(v, ensure_ascii=False)[1:-1] for v in plain}
@@ -135,8 +148,10 @@ class Redactor:
 
 
 # -- the private data dir -------------------------------------------------------------------------
-def inventory(cluster, hosts: list[Node], hostvars: dict[str, dict] | None) -> dict:
-    """Ansible inventory (hosts.json) for just `hosts`, grouped by role."""
+def inventory(cluster, hosts: list[Node], hostvars: dict[str, dict] | None,
+              passwords: dict[str, str] | None = None) -> dict:
+    """Ansible inventory (hosts.json) for just `hosts`, grouped by role. A host in `passwords`
+    reads its sudo password from the secret extravar BECOME_PASSWORDS (never from this file)."""
     hostvars = hostvars or {}
     all_hosts = {}
     for n in hosts:
@@ -144,6 +159,10 @@ def inventory(cluster, hosts: list[Node], hostvars: dict[str, dict] | None) -> d
              "ansible_python_interpreter": "/usr/bin/python3"}
         if n.ssh_key:
             v["ansible_ssh_private_key_file"] = os.path.expanduser(n.ssh_key)
+        if n.become:  # every task as root through sudo; the password (if any) is a secret
+            v.update(ansible_become=True, ansible_become_method="sudo", ansible_become_user="root")
+            if n.name in (passwords or {}):
+                v["ansible_become_password"] = "{{ %s[inventory_hostname] }}" % BECOME_PASSWORDS
         v.update(hostvars.get(n.name, {}))
         all_hosts[n.name] = v
     groups = {g: {"hosts": {n.name: None for n in hosts if n.has(g)}} for g in ROLE_GROUPS}
@@ -322,15 +341,18 @@ def run_playbook(cluster, playbook: str, hosts: list[Node], extravars: dict | No
     plain = {k: v for k, v in (extravars or {}).items() if not is_secret(k)}
     hidden = {k: v for k, v in (extravars or {}).items() if is_secret(k)}
     hidden.update(secrets or {})
+    passwords = {n.name: p for n in hosts if n.become and (p := become.password(n)) is not None}
+    if passwords:
+        hidden[BECOME_PASSWORDS] = passwords
     redact = Redactor(hidden.values())
     if progress is not None:
         if hasattr(progress, "add_secrets"):
-            progress.add_secrets(hidden.values())
+            progress.add_secrets(list(_flat(hidden.values())))
         if hasattr(progress, "phase"):
             progress.phase(phase or book.stem, names)
 
     _write_private(run_dir / "inventory" / "hosts.json",
-                   json.dumps(inventory(cluster, hosts, hostvars), indent=1))
+                   json.dumps(inventory(cluster, hosts, hostvars, passwords), indent=1))
     _write_private(run_dir / "env" / "extravars", json.dumps(plain, indent=1))
     cmdline = []
     secret_file = None

@@ -38,6 +38,7 @@ from typing import Iterable, Mapping
 
 import paramiko
 
+from . import become
 from .errors import UserError
 
 log = logging.getLogger(__name__)
@@ -78,6 +79,14 @@ class PutResult:
 
 class HostKeyError(UserError):
     """One or more hosts presented a host key that is unknown or differs from the recorded one."""
+
+
+class SudoFailed(Exception):
+    """A user other than root cannot act as root through sudo on a host (see become.py)."""
+
+    def __init__(self, message: str, fix: str):
+        super().__init__(message)
+        self.message, self.fix = message, fix
 
 
 class RevokedHostKey(paramiko.SSHException):
@@ -338,6 +347,10 @@ class Pool:
         self.command_timeout = command_timeout
         self.clients: dict[str, paramiko.SSHClient] = {}
         self.errors: dict[str, str] = {}          # unreachable host -> why
+        # hosts whose user is not root: sudo's password (None: sudo needs none), and the hosts
+        # where sudo does not work: (message, fix), also in `errors`
+        self.sudo: dict[str, str | None] = {}
+        self.sudo_errors: dict[str, tuple[str, str]] = {}
         self._sftp: dict[str, paramiko.SFTPClient] = {}
         self._host_locks = {name: threading.Lock() for name in self.nodes}
         self._handshakes = threading.BoundedSemaphore(max(1, max_handshakes))
@@ -367,6 +380,9 @@ class Pool:
             except RevokedHostKey as e:
                 key_problems[name] = (f"{name} ({e.entry}): host key {e.key.get_name()} "
                                       f"{fingerprint(e.key)} is marked @revoked on line {e.line}")
+            except SudoFailed as e:
+                self.sudo_errors[name] = (e.message, e.fix)
+                self.errors[name] = f"{name}: {e.message} ({e.fix})"
             except paramiko.BadHostKeyException as e:
                 entry = known_hosts_entry(self.nodes[name].address, self.nodes[name].ssh_port)
                 key_problems[name] = (
@@ -412,15 +428,44 @@ class Pool:
                 # small request/reply packets: without this, Nagle + delayed ACK add ~40 ms to
                 # every channel open
                 transport.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                if node.become:
+                    self._check_sudo(node, client)
                 return client
             except Exception as e:
                 client.close()
+                if isinstance(e, SudoFailed):
+                    raise
                 if attempt == CONNECT_RETRIES or not _transient(e):
                     raise
                 log.debug("%s: retrying connect after %s", node.name, e)
                 time.sleep(delay + random.uniform(0, delay))
                 delay *= 2
         raise AssertionError("unreachable")
+
+    def _check_sudo(self, node, client: paramiko.SSHClient) -> None:
+        """One round trip: sudo works without a terminal (and with the password, if given)."""
+        password = become.password(node)
+        script = become.CHECK_NOPASSWD if password is None else become.CHECK_PASSWORD
+        chan = client.get_transport().open_session(timeout=self.connect_timeout)
+        try:
+            chan.exec_command(script)
+            stdin = None if password is None else password.encode() + b"\n"
+            rc, out, err, _ = _exchange(chan, stdin, time.monotonic() + self.connect_timeout + 20)
+        finally:
+            chan.close()
+        if rc != 0:
+            raise SudoFailed(*become.problem(node, rc, err.decode(errors="replace"),
+                                             password is not None))
+        self.sudo[node.name] = None if b"nopasswd" in out else password
+
+    def _as_root(self, name: str, cmd: str, stdin):
+        """(command, stdin) that run `cmd` as root on `name`: unchanged for root logins."""
+        if name not in self.sudo:
+            return cmd, stdin
+        password = self.sudo[name]
+        if password is None:
+            return become.wrap(cmd, False), stdin
+        return become.wrap(cmd, True), _Source(password.encode() + b"\n", stdin)
 
     @property
     def reachable(self) -> list[str]:
@@ -458,7 +503,11 @@ class Pool:
                 transport = self.clients[host].get_transport()
                 chan = transport.open_session(timeout=2)
                 chan.settimeout(grace + 2)
-                chan.exec_command(script)
+                cmd, stdin = self._as_root(host, script, None)
+                chan.exec_command(cmd)
+                if stdin is not None:
+                    chan.sendall(stdin.read(BUFSIZE))
+                chan.shutdown_write()
                 chan.recv_exit_status()
                 chan.close()
             except Exception as e:  # noqa: BLE001 - best effort while closing
@@ -522,6 +571,7 @@ class Pool:
                 return Result(None, error=f"{name}: interrupted", started=started)
             chan = transport.open_session(timeout=self.connect_timeout)
             pid: list[int] = []
+            cmd, stdin = self._as_root(name, cmd, stdin)
             with self._running_lock:
                 self._running[id(chan)] = (name, pid)
             try:
@@ -620,12 +670,15 @@ class Pool:
         fd = os.open(local, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         try:
             with self._host_locks[host], os.fdopen(fd, "wb") as out:
-                sftp = self._sftp_for(host)
-                with sftp.open(remote, "rb") as f:
-                    f.prefetch()
-                    while chunk := f.read(1 << 20):
-                        digest.update(chunk)
-                        out.write(chunk)
+                if host in self.sudo:
+                    self._cat_as_root(host, remote, out, digest)
+                else:
+                    sftp = self._sftp_for(host)
+                    with sftp.open(remote, "rb") as f:
+                        f.prefetch()
+                        while chunk := f.read(1 << 20):
+                            digest.update(chunk)
+                            out.write(chunk)
                 out.flush()
                 os.fsync(out.fileno())
         except BaseException:
@@ -633,9 +686,39 @@ class Pool:
             raise
         return digest.hexdigest()
 
+    def _cat_as_root(self, host: str, remote: str, out, digest) -> None:
+        """`cat remote` through sudo, streamed into `out` (fetch for a user other than root)."""
+        if host not in self.clients:
+            raise UserError(self.errors.get(host, f"{host}: not connected"))
+        cmd, stdin = self._as_root(host, f"cat -- {shlex.quote(remote)}", None)
+        chan = self.clients[host].get_transport().open_session(timeout=self.connect_timeout)
+        try:
+            chan.settimeout(self.command_timeout)
+            chan.exec_command(cmd)
+            if stdin is not None:
+                chan.sendall(stdin.read(BUFSIZE))
+            chan.shutdown_write()
+            err = bytearray()
+            while chunk := chan.recv(1 << 20):
+                digest.update(chunk)
+                out.write(chunk)
+                while chan.recv_stderr_ready():
+                    err += chan.recv_stderr(BUFSIZE)
+            rc = chan.recv_exit_status()
+            while chan.recv_stderr_ready():
+                err += chan.recv_stderr(BUFSIZE)
+        finally:
+            chan.close()
+        if rc != 0:
+            raise UserError(f"{host}: cannot read {remote}: {err.decode(errors='replace').strip()}")
+
     def send(self, host: str, local: str | os.PathLike, remote: str, mode: int = 0o600) -> None:
         """Stream the file `local` to `remote` on `host`: a temp file beside it (chmod-ed
         before any byte is written), then renamed; the file is never read whole into memory."""
+        if host in self.sudo:
+            with self._host_locks[host], open(local, "rb") as src:
+                self._write_as_root(host, remote, src, mode, "root")
+            return
         with self._host_locks[host]:
             sftp = self._sftp_for(host)
             directory = posixpath.dirname(remote) or "/"
@@ -674,6 +757,9 @@ class Pool:
 
     def _write(self, host: str, path: str, content: bytes, mode: int, owner: str) -> None:
         """SFTP to a temp file beside `path`, chmod before any byte is written, chown, rename."""
+        if host in self.sudo:
+            self._write_as_root(host, path, content, mode, owner)
+            return
         sftp = self._sftp_for(host)
         directory = posixpath.dirname(path) or "/"
         _makedirs(sftp, directory)
@@ -696,6 +782,23 @@ class Pool:
         log.debug("%s: wrote %s (%d bytes, mode %o)", host, path, len(content), mode)
 
 
+    def _write_as_root(self, host: str, path: str, content, mode: int, owner: str) -> None:
+        """The same through sudo, for a user other than root: a temp file beside `path` made by
+        root with mktemp (0600), given its owner and mode, then filled from stdin (the data
+        never appears in a command line) and renamed over `path`."""
+        q = shlex.quote
+        directory = posixpath.dirname(path) or "/"
+        chown = "" if owner == "root" else f'chown -- {q(owner)}: "$t"\n'
+        script = (f"set -e\numask 022\nmkdir -p -- {q(directory)}\n"
+                  f"t=$(mktemp -- {q(posixpath.join(directory, '.' + posixpath.basename(path)))}.XXXXXXXX)\n"
+                  "trap 'rm -f -- \"$t\"' EXIT\n"
+                  f'{chown}chmod {mode:o} "$t"\ncat > "$t"\nmv -f -- "$t" {q(path)}\ntrap - EXIT\n')
+        r = self.run_one(host, script, stdin=content)
+        if r.rc != 0:
+            raise UserError(r.error or f"{host}: writing {path}: {r.stderr.strip()[-300:]}")
+        log.debug("%s: wrote %s as root through sudo (mode %o)", host, path, mode)
+
+
 def _makedirs(sftp: paramiko.SFTPClient, directory: str) -> None:
     missing = []
     d = directory
@@ -710,15 +813,36 @@ def _makedirs(sftp: paramiko.SFTPClient, directory: str) -> None:
         sftp.mkdir(d, 0o755)
 
 
-def _exchange(chan: paramiko.Channel, stdin: bytes | str | None, deadline: float,
+class _Source:
+    """What a command reads on stdin: `head` (sudo's password line), then bytes, text or an
+    open binary file read in chunks (never whole)."""
+
+    def __init__(self, head: bytes = b"", rest=None):
+        if isinstance(rest, _Source):
+            head, rest = head + rest.head, rest.rest
+        self.head = head
+        self.rest = rest.encode() if isinstance(rest, str) else rest
+
+    def read(self, n: int) -> bytes:
+        if self.head:
+            out, self.head = self.head[:n], self.head[n:]
+            return out
+        if isinstance(self.rest, (bytes, bytearray)):
+            out, self.rest = bytes(self.rest[:n]), self.rest[n:]
+            return out
+        return self.rest.read(n) if self.rest is not None else b""
+
+
+def _exchange(chan: paramiko.Channel, stdin, deadline: float,
               pid: list | None = None, stop: threading.Event | None = None):
-    """Feed stdin and read stdout/stderr together until EOF; (rc, out, err, timed_out).
+    """Feed stdin (bytes, text, a binary file or a _Source) and read stdout/stderr together
+    until EOF; (rc, out, err, timed_out).
 
     With `pid` (a list), the first line of stdout is the remote shell's pid: it is appended to
     `pid` as soon as it arrives and left out of `out`. `stop` set: give up at once."""
-    data = stdin.encode() if isinstance(stdin, str) else (stdin or b"")
-    sent = 0
-    if not data:
+    source = stdin if isinstance(stdin, _Source) else _Source(b"", stdin)
+    pending = source.read(BUFSIZE)
+    if not pending:
         chan.shutdown_write()
     out, err = bytearray(), bytearray()
     head = pid is not None
@@ -738,17 +862,19 @@ def _exchange(chan: paramiko.Channel, stdin: bytes | str | None, deadline: float
         while chan.recv_stderr_ready():
             err += chan.recv_stderr(BUFSIZE)
             progressed = True
-        if sent < len(data) and chan.send_ready():
-            sent += chan.send(data[sent:sent + BUFSIZE])
-            if sent >= len(data):
-                chan.shutdown_write()
+        if pending and chan.send_ready():
+            pending = pending[chan.send(pending):]
+            if not pending:
+                pending = source.read(BUFSIZE)
+                if not pending:
+                    chan.shutdown_write()
             progressed = True
         if (chan.eof_received or chan.closed) and not chan.recv_ready() and not chan.recv_stderr_ready():
             break
         if time.monotonic() > deadline:
             return None, bytes(out), bytes(err), True
         if not progressed:
-            select.select([chan], [], [], 0.01 if sent < len(data) else 0.5)
+            select.select([chan], [], [], 0.01 if pending else 0.5)
     if head and bytes(out).strip().isdigit():  # only the pid line, without its newline
         out = bytearray()
     remaining = max(0.0, deadline - time.monotonic())

@@ -642,6 +642,45 @@ def check_download_mirror(cluster: Cluster, where) -> Iterable[Problem]:
             yield problem(where, key, *why)
 
 
+def check_become(cluster: Cluster, where) -> Iterable[Problem]:
+    """A user other than root works through sudo; its password only from a private file."""
+    for n in cluster.nodes:
+        if n.ssh_user != "root" and not n.become:
+            yield problem(where, "ansible_become", f"ansible_user {n.ssh_user} without become "
+                          "cannot install anything: the provisioner needs root on every host",
+                          "remove `ansible_become: false` (the provisioner then uses sudo) or "
+                          "log in as root", host=n.name)
+        if where.host_sets(n.name, "ansible_become_password"):
+            yield problem(where, "ansible_become_password", "a password written in the "
+                          "inventory would end up in version control and backups",
+                          "write it to a file only you can read (`chmod 600 FILE`) and set "
+                          "ansible_become_password_file: FILE instead", host=n.name)
+        path = n.become_password_file
+        if not path:
+            continue
+        why = password_file_problem(path)
+        if why:
+            yield problem(where, "ansible_become_password_file", why[0], why[1], host=n.name)
+
+
+def password_file_problem(path: str) -> tuple[str, str] | None:
+    """(message, fix) when `path` is not a regular file only its owner can read."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return f"{path} does not exist", "write the sudo password into it (chmod 600) or fix the path"
+    except OSError as e:
+        return f"{path} cannot be read: {e.strerror}", "fix the path or its permissions"
+    if not os.path.isfile(path):
+        return f"{path} is not a file", "point it at a file holding the sudo password"
+    if st.st_mode & 0o077:
+        return (f"{path} has mode {st.st_mode & 0o777:04o}: other users can read the sudo "
+                "password", f"`chmod 600 {path}`")
+    if not os.access(path, os.R_OK):
+        return f"{path} is not readable by this user", "fix its owner or permissions"
+    return None
+
+
 def check_bundle_dir(cluster: Cluster, where) -> Iterable[Problem]:
     if cluster.bundle_dir and not os.path.isdir(cluster.bundle_dir):
         what = "is a file, not a folder" if os.path.exists(cluster.bundle_dir) else "does not exist"
@@ -787,6 +826,7 @@ CHECKS = [
     check_registry_mirrors,
     check_download_mirror,
     check_bundle_dir,
+    check_become,
     check_state_dir,
     check_sandbox_image,
     check_interfaces,

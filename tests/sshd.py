@@ -220,7 +220,8 @@ def _start_all(work, addresses, port, hostkeys, authorized, extra):
             f"ListenAddress {address}:{port}",
             f"HostKey {hostkeys[i][0]}",
             f"PidFile {work}/sshd-{i + 1}.sshd-pid",
-            f"AuthorizedKeysFile {authorized}",
+            # the shared file for root; a user's own file for the users of `sudo_users`
+            f"AuthorizedKeysFile {authorized} .ssh/authorized_keys",
             "PermitRootLogin prohibit-password",
             "PubkeyAuthentication yes",
             "PasswordAuthentication no",
@@ -268,3 +269,76 @@ def skip_without_sshd() -> None:
     """Call at the top of a test that starts its own servers with `start_sshd_hosts`."""
     _need_sshd()
 
+
+
+# -- users other than root, with and without sudo --------------------------------------------
+
+SUDO_KINDS = {"nopw": "NOPASSWD:ALL", "pw": "ALL", "none": None}
+
+
+@dataclass(frozen=True)
+class SudoUsers:
+    """Local users the test sshd lets in with the client key (its AuthorizedKeysFile is shared):
+    `nopw` may sudo without a password, `pw` with `password`, `none` may not sudo at all."""
+
+    nopw: str
+    pw: str
+    none: str
+    password: str
+
+
+def _user_name(kind: str, pid: int | None = None) -> str:
+    return f"pvt{pid or os.getpid()}{kind}"
+
+
+def _remove_user(name: str) -> None:
+    subprocess.run(["userdel", "-r", "-f", name], capture_output=True)
+    Path(f"/etc/sudoers.d/{name}").unlink(missing_ok=True)
+
+
+def _clean_sudo_leftovers() -> None:
+    """Users of a crashed earlier run (their pid is gone)."""
+    import re
+
+    for line in Path("/etc/passwd").read_text().splitlines():
+        m = re.match(r"^(pvt(\d+)(?:nopw|pw|none)):", line)
+        if m and not _alive(int(m.group(2))):
+            _remove_user(m.group(1))
+
+
+@pytest.fixture(scope="module")
+def sudo_users(sshd_hosts):
+    """Three users (see SudoUsers) for this module, each with the client key of `sshd_hosts`,
+    removed afterwards. Changes this machine's /etc/passwd and /etc/sudoers.d, so it needs
+    root, useradd and sudo (./bootstrap.sh)."""
+    import pwd
+    import secrets as _secrets
+    import shutil
+
+    _need_sshd()
+    missing = [t for t in ("sudo", "useradd", "userdel", "chpasswd") if not shutil.which(t)]
+    if missing:
+        skip_outside_ci(f"{', '.join(missing)} missing (run ./bootstrap.sh)")
+    _clean_sudo_leftovers()
+    password = "pw-" + _secrets.token_urlsafe(12)
+    names = {kind: _user_name(kind) for kind in SUDO_KINDS}
+    try:
+        for kind, name in names.items():
+            subprocess.run(["useradd", "-m", "-s", "/bin/bash", name], check=True,
+                           capture_output=True)
+            # a locked account ("!") cannot log in even with a key when sshd runs without PAM
+            subprocess.run(["chpasswd"], input=f"{name}:{password}\n", text=True, check=True,
+                           capture_output=True)
+            ssh = Path(pwd.getpwnam(name).pw_dir) / ".ssh"
+            ssh.mkdir(mode=0o700)
+            (ssh / "authorized_keys").write_text(Path(sshd_hosts[0].key_file + ".pub").read_text())
+            subprocess.run(["chown", "-R", f"{name}:", str(ssh)], check=True)
+            rule = SUDO_KINDS[kind]
+            if rule:
+                path = Path(f"/etc/sudoers.d/{name}")
+                path.write_text(f"{name} ALL=(ALL) {rule}\n")
+                os.chmod(path, 0o440)
+        yield SudoUsers(names["nopw"], names["pw"], names["none"], password)
+    finally:
+        for name in names.values():
+            _remove_user(name)

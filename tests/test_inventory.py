@@ -298,3 +298,46 @@ def test_state_dir_from_the_environment_pointing_at_a_file(tmp_path, monkeypatch
     with pytest.raises(InvalidInventory) as e:
         inventory.load("inventories/single.yml")
     assert f"$PROVISIONER_STATE_DIR: {f} is a file, not a folder" in str(e.value)
+
+
+def _sudo_inventory(tmp_path: Path, password_file: str) -> Path:
+    path = tmp_path / "sudo.yml"
+    path.write_text("all:\n  vars:\n    cluster_name: demo\n    ansible_user: deploy\n"
+                    f"    ansible_become_password_file: {password_file}\n"
+                    "  children:\n    control_plane:\n      hosts:\n"
+                    "        cp1: {ansible_host: 192.168.56.11}\n")
+    return path
+
+
+@pytest.mark.parametrize("mode, problem", [
+    (0o600, None), (0o400, None),
+    (0o640, "has mode 0640: other users can read the sudo password (`chmod 600 "),
+    (0o604, "has mode 0604: other users can read the sudo password")])
+def test_become_password_file_must_be_private(tmp_path, mode, problem):
+    secret = tmp_path / "pw"
+    secret.write_text("pw\n")
+    secret.chmod(mode)
+    path = _sudo_inventory(tmp_path, "pw")  # relative to the inventory, not the current folder
+    if problem is None:
+        node = inventory.load(path).nodes[0]
+        assert (node.ssh_user, node.become, node.become_password_file) == ("deploy", True, str(secret))
+        return
+    with pytest.raises(InvalidInventory) as e:
+        inventory.load(path)
+    found = [str(p) for p in e.value.problems]
+    assert len(found) == 1
+    assert found[0].startswith(f"{path}:5: all.vars.ansible_become_password_file: {secret} {problem}")
+
+
+@pytest.mark.parametrize("text, user, become", [
+    ("", "root", False),
+    ("    ansible_become: true\n", "root", False),  # root needs no sudo: no extra round trip
+    ("    ansible_user: vagrant\n", "vagrant", True),  # implied: the provisioner needs root
+    ("    ansible_user: vagrant\n    ansible_become: true\n", "vagrant", True),
+])
+def test_become_follows_the_user(tmp_path, text, user, become):
+    path = tmp_path / "inv.yml"
+    path.write_text("all:\n  vars:\n    cluster_name: demo\n" + text + "  children:\n"
+                    "    control_plane:\n      hosts:\n        cp1: {ansible_host: 192.168.56.11}\n")
+    node = inventory.load(path).nodes[0]
+    assert (node.ssh_user, node.become, node.become_password_file) == (user, become, None)

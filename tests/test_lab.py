@@ -57,6 +57,31 @@ def test_node_files_give_no_way_out(tmp_path):
     assert files["/etc/hostname"] == "cp2\n"
 
 
+@pytest.mark.parametrize("inventory, bridge, address", [
+    ("inventories/lab.yml", "k8slab0", "10.90.0.1/24"),          # set: used as it is
+    ("inventories/single.yml", "lab192168056", "192.168.56.1/24"),  # derived from the /24
+    ("inventories/ha-kubevip.yml", "lab192168056", "192.168.56.1/24"),
+    ("tests/data/good/minimal.yml", "lab192168001", "192.168.1.1/24"),
+])
+def test_lab_network_is_the_inventorys_or_derived_from_its_subnet(inventory, bridge, address):
+    from provisioner import inventory as inv
+
+    assert lab_nspawn.lab_network(inv.load(REPO / inventory)) == (bridge, address)
+
+
+def test_lab_network_is_not_guessed_across_subnets(tmp_path):
+    from provisioner import inventory as inv
+
+    path = tmp_path / "two.yml"
+    path.write_text("all:\n  vars: {cluster_name: two}\n  children:\n    control_plane:\n"
+                    "      hosts: {cp1: {ansible_host: 10.1.0.11}}\n    workers:\n"
+                    "      hosts: {w1: {ansible_host: 10.2.0.21}}\n")
+    cluster = inv.load(path)
+    assert lab_nspawn.lab_network(cluster) == ("", "")
+    with pytest.raises(UserError, match="lab_bridge: not set, and the hosts are not all in one /24"):
+        lab_nspawn.Lab(cluster).check()
+
+
 def test_check_says_what_to_install(tmp_path, monkeypatch):
     lab = lab_nspawn.Lab(lab_cluster(LAB_INVENTORY, tmp_path))
     monkeypatch.setattr(os, "geteuid", lambda: 1000)

@@ -41,6 +41,9 @@ from ..state import State
 from . import RUNTIME_ROOT, base, packages, procs
 
 DATA_ROOT = Path("/var/lib/provisioner-lab")
+# sudo and what it needs beyond the base, for nodes whose inventory user is not root (Debian
+# cloud and Vagrant images have it; the base is kept as it is so running labs keep theirs)
+SUDO_DEBS_DIR = packages.DEBS_DIR.with_name("debs-sudo")
 MIN_INOTIFY_INSTANCES = 512
 NSPAWN = "systemd-nspawn"
 INSTALL_HINT = "run ./bootstrap.sh (it installs systemd-container debootstrap dpkg-dev)"
@@ -67,16 +70,16 @@ class Lab:
         self.known_hosts = self.state.known_hosts
         keys = {n.ssh_key for n in cluster.nodes if n.ssh_key}
         self.key_file = Path(sorted(keys)[0] if keys else self.state.dir / "ssh/id_ed25519")
-        self.bridge = cluster.lab_bridge or ""
-        self.bridge_address = cluster.lab_bridge_address or ""
+        self.bridge, self.bridge_address = lab_network(cluster)
 
     # -- checks ------------------------------------------------------------------------------
     def check(self) -> None:
         """Refuse early, with what to do, when this host or the inventory cannot run the lab."""
         src = self.cluster.source
-        for key in ("lab_bridge", "lab_bridge_address"):
-            if not getattr(self.cluster, key):
-                raise UserError(f"{src}: {key}: not set (the lab needs lab_bridge and "
+        for key, value in (("lab_bridge", self.bridge), ("lab_bridge_address", self.bridge_address)):
+            if not value:
+                raise UserError(f"{src}: {key}: not set, and the hosts are not all in one /24 "
+                                "to derive it from (the lab needs lab_bridge and "
                                 "lab_bridge_address, e.g. k8slab0 and 10.90.0.1/24; see "
                                 "inventories/lab.yml)")
         try:
@@ -243,6 +246,8 @@ class Lab:
             os.chmod(target, mode)
         root = d / "root"
         os.chmod(root / "root/.ssh", 0o700)
+        if n.ssh_user != "root":
+            self._add_sudo_user(root, n.ssh_user)
         for src in (d / "hostkeys").iterdir():
             shutil.copy2(src, root / "etc/ssh" / src.name)
         for link, unit in ENABLED_UNITS:
@@ -273,6 +278,30 @@ class Lab:
             ("/etc/apt/sources.list.d/lab.list",
              f"deb [trusted=yes] http://{self.host_ip}:{packages.PORT} ./\n", 0o644),
         ]
+
+    def _add_sudo_user(self, root: Path, user: str) -> None:
+        """What a cloud or Vagrant image has: sudo, and `user` with the lab key and password-less
+        sudo (root keeps the key too: the lab's own helpers and tests use it)."""
+        packages.build_repo(SUDO_DEBS_DIR, base.BASE_DIR / "var/lib/dpkg/status",
+                            packages=("sudo",), log=self.log)  # once; then a no-op
+        if not (root / "usr/bin/sudo").exists():
+            _run(["dpkg", "--root", str(root), "-i", *map(str, sorted(SUDO_DEBS_DIR.glob("*.deb")))])
+        if f"\n{user}:" not in "\n" + (root / "etc/passwd").read_text():
+            _run(["chroot", str(root), "useradd", "-m", "-s", "/bin/bash", "-p", "*", user])
+        rule = root / f"etc/sudoers.d/lab-{user}"
+        rule.write_text(f"{user} ALL=(ALL) NOPASSWD:ALL\n")
+        os.chmod(rule, 0o440)
+        fields = next(line.split(":") for line in (root / "etc/passwd").read_text().splitlines()
+                      if line.startswith(f"{user}:"))
+        uid, gid, home = int(fields[2]), int(fields[3]), fields[5]
+        ssh = root / home.lstrip("/") / ".ssh"
+        ssh.mkdir(mode=0o700, exist_ok=True)
+        keys = ssh / "authorized_keys"
+        keys.unlink(missing_ok=True)
+        keys.write_text(self.public_key() + "\n")
+        os.chmod(keys, 0o600)
+        for path in (ssh, keys):
+            os.chown(path, uid, gid)
 
     def public_key(self) -> str:
         return Path(f"{self.key_file}.pub").read_text().strip()
@@ -418,6 +447,12 @@ class Lab:
         inits = _container_inits([self.node_dir(name) for name in names])
         procs.kill(inits + left, signal.SIGKILL)
         procs.wait_gone(inits + left, 10)
+        # nspawn's own helper processes end a moment after the one in the pid file: return
+        # only when no process of these nodes is left
+        roots = [str(self.node_dir(name) / "root") for name in names]
+        strays = procs.wait_gone(_nspawn_pids(roots), 10)
+        procs.kill(strays, signal.SIGKILL)
+        procs.wait_gone(strays, 5)
         for name in names:
             (self.runtime / f"{name}.pid").unlink(missing_ok=True)
             self._unmount(self.node_dir(name))
@@ -436,6 +471,29 @@ ENABLED_UNITS = (
      "systemd-networkd-wait-online.service"),
     ("multi-user.target.wants/ssh.service", "ssh.service"),
 )
+
+
+def lab_network(cluster: Cluster) -> tuple[str, str]:
+    """(bridge, host address with prefix): the inventory's lab_bridge and lab_bridge_address;
+    when it sets neither and every host is in one /24, a bridge named after that /24 with the
+    first address no host uses (so any inventory, e.g. the examples, boots as a lab)."""
+    if cluster.lab_bridge or cluster.lab_bridge_address:
+        return cluster.lab_bridge or "", cluster.lab_bridge_address or ""
+    try:
+        nets = {ipaddress.ip_interface(f"{n.address}/24").network for n in cluster.nodes}
+    except ValueError:
+        return "", ""
+    if len(nets) != 1:
+        return "", ""
+    net = nets.pop()
+    if net.version != 4:
+        return "", ""
+    used = {n.address for n in cluster.nodes} | ({cluster.api_vip} if cluster.api_vip else set())
+    free = next((str(a) for a in net.hosts() if str(a) not in used), None)
+    if free is None:
+        return "", ""
+    return "lab" + "".join(f"{int(o):03d}" for o in str(net.network_address).split(".")[:3]), \
+        f"{free}/{net.prefixlen}"
 
 
 def _drop_link(name: str, wait: float = 5) -> None:
@@ -469,6 +527,23 @@ def _mounts_under(folder: Path) -> list[str]:
 def _umount(point: str) -> None:
     if subprocess.run(["umount", point], capture_output=True).returncode != 0:
         subprocess.run(["umount", "-l", point], capture_output=True)
+
+
+def _nspawn_pids(roots: list[str]) -> list[int]:
+    """Every systemd-nspawn process started with `-D ROOT` for one of these roots."""
+    wanted = set(roots)
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            args = (entry / "cmdline").read_bytes().decode(errors="replace").split("\0")
+        except OSError:
+            continue
+        if args and args[0].endswith(NSPAWN) and any(
+                a == "-D" and b in wanted for a, b in zip(args, args[1:])):
+            found.append(int(entry.name))
+    return found
 
 
 def _container_inits(node_dirs: list[Path]) -> list[int]:

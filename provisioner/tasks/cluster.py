@@ -20,21 +20,29 @@ HELP = {
     "yes": "do not ask for confirmation",
     "files": "also list every managed file per host (new, changed, unchanged) and its services",
     "plan": "only say what would be done (probes the hosts, changes nothing)",
+    "ask_become_pass": "ask for the sudo password of the nodes' SSH user (nodes without "
+                       "ansible_become_password_file)",
     "snapshot": "a backup made by cluster.backup: <state>/<cluster>/backups/<UTC time>.db "
                 "(its .json must be beside it)",
 }
 
 
-def load(inventory: str):
-    """The checked inventory; what is allowed but unwise is said on stderr first."""
+def helps(*names: str) -> dict:
+    return {n: HELP[n] for n in names}
+
+
+def load(inventory: str, ask_become_pass: bool = False):
+    """The checked inventory; what is allowed but unwise is said on stderr first. With
+    ask_become_pass, the sudo password is asked once (never echoed)."""
     cluster = inv.load(inventory)
     for line in cluster.warnings:
         print(f"warning: {line}", file=sys.stderr)
+    users = sorted({n.ssh_user for n in cluster.nodes if n.become and not n.become_password_file})
+    if ask_become_pass and users:
+        from .. import become
+
+        become.ask(f"sudo password of {', '.join(users)} on the nodes: ")
     return cluster
-
-
-def helps(*names: str) -> dict:
-    return {n: HELP[n] for n in names}
 
 
 @task(help={"inventory": "inventory file (default: the built-in lab)"})
@@ -75,13 +83,13 @@ def print_plan(plan, verb="would") -> int:
     return total
 
 
-@task(help=helps("inventory", "bundle", "from_", "trust_new_hosts", "files"))
+@task(help=helps("inventory", "bundle", "from_", "trust_new_hosts", "files", "ask_become_pass"))
 @user_errors
 def plan(c, inventory=DEFAULT_INVENTORY, bundle=None, from_=None, trust_new_hosts=False,
-         files=False):
+         files=False, ask_become_pass=False):
     """Dry run: probe the hosts and print, per phase and host, what cluster.up would change."""
 
-    cluster = load(inventory)
+    cluster = load(inventory, ask_become_pass)
     run, result = actions.plan(cluster, bundle_dir=bundle, start=from_, trust_new=trust_new_hosts)
     if files:
         for n in cluster.nodes:
@@ -98,13 +106,14 @@ def plan(c, inventory=DEFAULT_INVENTORY, bundle=None, from_=None, trust_new_host
         print(f"WARNING: {line}")
 
 
-@task(help=helps("inventory", "bundle", "from_", "trust_new_hosts"))
+@task(help=helps("inventory", "bundle", "from_", "trust_new_hosts", "ask_become_pass"))
 @user_errors
-def up(c, inventory=DEFAULT_INVENTORY, bundle=None, from_=None, trust_new_hosts=False):
+def up(c, inventory=DEFAULT_INVENTORY, bundle=None, from_=None, trust_new_hosts=False,
+       ask_become_pass=False):
     """Build or converge the cluster: validate, preflight, then every phase that has work."""
     from ..progress import Progress
 
-    cluster = load(inventory)
+    cluster = load(inventory, ask_become_pass)
     with Progress() as progress:
         result = actions.up(cluster, bundle_dir=bundle, start=from_, trust_new=trust_new_hosts,
                             progress=progress)
@@ -137,15 +146,15 @@ def status(c, inventory=DEFAULT_INVENTORY):
 def smoke(c, inventory=DEFAULT_INVENTORY):
     """On a real cluster: a pod per node, a Service, DNS through CoreDNS, pod-to-pod traffic."""
 
-    actions.smoke(inv.load(inventory))
+    actions.smoke(load(inventory))
 
 
-@task(help=helps("inventory", "yes"))
+@task(help=helps("inventory", "yes", "ask_become_pass"))
 @user_errors
-def reset(c, inventory=DEFAULT_INVENTORY, yes=False):
+def reset(c, inventory=DEFAULT_INVENTORY, yes=False, ask_become_pass=False):
     """Remove Kubernetes, etcd and load balancers from every host (PKI and secrets are kept)."""
 
-    cluster = load(inventory)
+    cluster = load(inventory, ask_become_pass)
     if not yes and input(f"reset cluster {cluster.cluster_name} on {len(cluster.nodes)} "
                          "hosts? type the cluster name: ").strip() != cluster.cluster_name:
         print("not confirmed; nothing changed")
@@ -210,15 +219,15 @@ def restore(c, snapshot, inventory=DEFAULT_INVENTORY, plan=False, yes=False):
 
 # -- preflight and host-key trust (SSH layer: provisioner/ssh.py, facts.py, preflight.py) -------
 
-@task(help=helps("inventory", "trust_new_hosts"))
+@task(help=helps("inventory", "trust_new_hosts", "ask_become_pass"))
 @user_errors
-def preflight(c, inventory=DEFAULT_INVENTORY, trust_new_hosts=False):
+def preflight(c, inventory=DEFAULT_INVENTORY, trust_new_hosts=False, ask_become_pass=False):
     """Probe every host (one round trip each) and list what would stop the install; exit 2 if any."""
     from invoke import Exit
 
     from .. import preflight as pf
 
-    problems, facts = actions.check(inv.load(inventory), trust_new=trust_new_hosts)
+    problems, facts = actions.check(load(inventory, ask_become_pass), trust_new=trust_new_hosts)
     pf.render(problems, facts)
     if pf.has_errors(problems):
         raise Exit(code=2)
