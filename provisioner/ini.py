@@ -184,7 +184,7 @@ def parse(text: str) -> dict[str, Group]:
             for t in tokens[1:]:
                 if "=" not in t:
                     raise IniError(number, t, "expected key=value after the host name",
-                                   "write host variables as key=value (quote values with spaces)")
+                                   "write host variables as key=value; quote values that contain spaces")
                 k, v = t.split("=", 1)
                 variables[k], lines[k] = value(v), number
             if port is not None:
@@ -198,9 +198,9 @@ def parse(text: str) -> dict[str, Group]:
             continue
         if how == "vars":
             raise IniError(number, f"[{n}:vars]", f"vars for the group '{n}', which has no "
-                           "[section] of its own", f"add a [{n}] section (it may be empty)")
+                           "[section] of its own", f"add a [{n}] section; it may be empty")
         raise IniError(number, n, f"'{n}' is listed as one of the {how} but has no section",
-                       f"add a [{n}] section (it may be empty)")
+                       f"add a [{n}] section; it may be empty")
     return groups
 
 

@@ -651,9 +651,10 @@ def _tree(doc: Located, c: _Collector) -> Tree | None:
         for key, var in list(host.vars.items()) + _file_vars(host.files):
             _check(c, "host", key, var)
 
-    # Ansible's order (VariableManager.get_vars): all's inventory vars < group_vars/all <
-    # every other group's inventory vars < their group_vars/ files (each by depth, then name)
-    # < the host's inventory vars < host_vars/. A later value replaces an earlier one whole.
+    # Ansible's order (VariableManager.get_vars, default VARIABLE_PRECEDENCE): all's inventory
+    # vars < every other group's inventory vars (by depth, then name) < group_vars/all <
+    # group_vars/<group> (same order) < the host's inventory vars < host_vars/<host>. A later
+    # value replaces an earlier one whole (mappings are not merged).
     for key, var in list(tree.groups["all"].vars.items()) + _file_vars(tree.groups["all"].files):
         old = tree.all_vars.get(key)
         if key == "cluster" and old is not None and old.doc is not var.doc:
@@ -664,9 +665,10 @@ def _tree(doc: Located, c: _Collector) -> Tree | None:
         tree.all_vars[key] = var
     for host in tree.hosts.values():
         groups = sorted(tree.groups_of(host) - {"all"}, key=lambda g: (tree.depth(g), g))
-        merged = dict(tree.all_vars)
+        merged = dict(tree.groups["all"].vars)
         for g in groups:
             merged |= tree.groups[g].vars
+        merged |= dict(_file_vars(tree.groups["all"].files))
         for g in groups:
             merged |= dict(_file_vars(tree.groups[g].files))
         merged |= host.vars
@@ -676,13 +678,12 @@ def _tree(doc: Located, c: _Collector) -> Tree | None:
 
 
 def _typo_of_role(name: str) -> str:
-    """'did you mean ...' when an extra group's name looks like a misspelt role group."""
+    """The role group an extra group's name looks like a misspelling of, or ''."""
     norm = name.lower().replace("-", "_")
     close = difflib.get_close_matches(norm, model.ROLE_GROUPS, n=1, cutoff=0.85)
     if name in model.ROLE_GROUPS or not close:
         return ""
-    return f"did you mean '{close[0]}'? (other groups are fine, but this one looks like a role " \
-        "group misspelt)"
+    return close[0]
 
 
 def _group(tree: Tree, doc: Located, c: _Collector, name: Any, body: Any, at: tuple,
@@ -698,7 +699,8 @@ def _group(tree: Tree, doc: Located, c: _Collector, name: Any, body: Any, at: tu
             return
         typo = _typo_of_role(name)
         if typo:
-            c.add(at, "unknown group", typo)
+            c.add(at, f"unknown group: it looks like the role group '{typo}' misspelt (other "
+                  "groups are fine)", f"did you mean '{typo}'?")
             return
     group = tree.groups.get(name)
     if group is None:
@@ -796,7 +798,7 @@ def _check(c: _Collector, scope: str, key: Any, var: Var) -> None:
         if value is None:
             return  # explicit null: keep the default
     elif key in SETTINGS or key == "cluster":
-        elsewhere = " (or group_vars/all.yml)" if scope == "group" else ""
+        elsewhere = " or group_vars/all.yml" if scope == "group" else ""
         c.add(at, f"a cluster setting cannot be set per {scope}", "move it to all.vars"
               + elsewhere, doc=doc)
         return
