@@ -150,9 +150,9 @@ def parse(text: str) -> dict[str, Group]:
             if kind != "vars":
                 g.declared = True
             continue
-        if line.startswith("[") and line.endswith("]"):
+        if line.startswith("["):
             raise IniError(number, line, "not a valid section header", "write [group], "
-                           "[group:vars] or [group:children], without spaces")
+                           "[group:vars] or [group:children], without spaces, with the ']'")
         if kind == "vars":
             if "=" not in line:
                 raise IniError(number, line.split()[0], "expected key=value in a :vars section",

@@ -354,3 +354,30 @@ def certs(c, inventory=DEFAULT_INVENTORY, renew=False, plan=False, trust_new_hos
     print("CA rotation is out of scope: the CA rows say how long each CA has.")
     if expired:
         raise Exit(code=1)
+
+
+# -- moving from kubeasz (provisioner/kubeasz.py) ----------------------------------------------
+
+@task(name="import", help={
+    "kubeasz": "kubeasz's hosts file (INI), e.g. /etc/kubeasz/clusters/NAME/hosts",
+    "output": "the YAML inventory to write (never replaces a file unless --force)",
+    "force": "replace the output file if it exists",
+    "cluster_name": "the cluster's name (default: NAME from clusters/NAME/hosts, else k8s)"})
+@user_errors
+def import_(c, kubeasz, output, force=False, cluster_name=None):
+    """Convert a kubeasz hosts file into a YAML inventory; what has no equivalent here is kept
+    in it as a comment. The result is validated like cluster.validate does."""
+    from .. import kubeasz as converter
+
+    result = converter.write(kubeasz, output, force=force, name=cluster_name)
+    roles = ", ".join(f"{len(v)} {k}" for k, v in result.nodes.items())
+    print(f"wrote {output}: {roles}; {result.comments} kubeasz setting(s) without an "
+          "equivalent kept as comments in it")
+    try:
+        cluster = inv.load(output)
+    except InvalidInventory as e:
+        raise UserError(f"{e}\n{output} was written but does not validate yet: edit it as the "
+                        "lines above say, then run `invoke cluster.validate -i "
+                        f"{output}`") from None
+    print(f"{output}: valid: {len(cluster.nodes)} host(s), {cluster.distribution} "
+          f"{cluster.kubernetes_version}, ha_mode {cluster.ha_mode}, API {cluster.api_endpoint}")
