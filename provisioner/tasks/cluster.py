@@ -8,7 +8,7 @@ from .. import inventory as inv
 from .. import actions, paths
 from ..errors import InvalidInventory, UserError
 from ..model import ROLE_GROUPS
-from . import DEFAULT_INVENTORY, user_errors
+from . import DEFAULT_INVENTORY, recorded, user_errors
 
 HELP = {
     "inventory": "inventory file (default: the built-in lab, inventories/lab.yml)",
@@ -67,6 +67,7 @@ def print_plan(plan, verb="would") -> int:
 
 @task(help=helps("inventory", "bundle", "from_", "trust_new_hosts", "files"))
 @user_errors
+@recorded
 def plan(c, inventory=DEFAULT_INVENTORY, bundle=None, from_=None, trust_new_hosts=False,
          files=False):
     """Dry run: probe the hosts and print, per phase and host, what cluster.up would change."""
@@ -86,6 +87,7 @@ def plan(c, inventory=DEFAULT_INVENTORY, bundle=None, from_=None, trust_new_host
 
 @task(help=helps("inventory", "bundle", "from_", "trust_new_hosts"))
 @user_errors
+@recorded
 def up(c, inventory=DEFAULT_INVENTORY, bundle=None, from_=None, trust_new_hosts=False):
     """Build or converge the cluster: validate, preflight, then every phase that has work."""
     from ..progress import Progress
@@ -100,6 +102,7 @@ def up(c, inventory=DEFAULT_INVENTORY, bundle=None, from_=None, trust_new_hosts=
 
 @task(help=helps("inventory"))
 @user_errors
+@recorded
 def status(c, inventory=DEFAULT_INVENTORY):
     """Per host: reachable, roles, and the state of every cluster service."""
     from rich.console import Console
@@ -120,6 +123,7 @@ def status(c, inventory=DEFAULT_INVENTORY):
 
 @task(help=helps("inventory"))
 @user_errors
+@recorded
 def smoke(c, inventory=DEFAULT_INVENTORY):
     """On a real cluster: a pod per node, a Service, DNS through CoreDNS, pod-to-pod traffic."""
 
@@ -128,6 +132,7 @@ def smoke(c, inventory=DEFAULT_INVENTORY):
 
 @task(help=helps("inventory", "yes"))
 @user_errors
+@recorded
 def reset(c, inventory=DEFAULT_INVENTORY, yes=False):
     """Remove Kubernetes, etcd and load balancers from every host (PKI and secrets are kept)."""
 
@@ -144,6 +149,7 @@ def reset(c, inventory=DEFAULT_INVENTORY, yes=False):
 
 @task(help=helps("inventory", "plan"))
 @user_errors
+@recorded
 def backup(c, inventory=DEFAULT_INVENTORY, plan=False):
     """Snapshot etcd from a healthy member into <state>/<cluster>/backups/; print its path."""
     from .. import backup as actions_backup
@@ -165,6 +171,7 @@ def backup(c, inventory=DEFAULT_INVENTORY, plan=False):
 
 @task(help=helps("inventory", "snapshot", "plan", "yes"))
 @user_errors
+@recorded
 def restore(c, snapshot, inventory=DEFAULT_INVENTORY, plan=False, yes=False):
     """Restore etcd on every member from a backup; the API servers stop meanwhile. Data
     written after the snapshot is lost. Resumable: rerun after a failure."""
@@ -198,6 +205,7 @@ def restore(c, snapshot, inventory=DEFAULT_INVENTORY, plan=False, yes=False):
 
 @task(help=helps("inventory", "trust_new_hosts"))
 @user_errors
+@recorded
 def preflight(c, inventory=DEFAULT_INVENTORY, trust_new_hosts=False):
     """Probe every host (one round trip each) and list what would stop the install; exit 2 if any."""
     from invoke import Exit
@@ -287,6 +295,7 @@ def render(c, inventory=DEFAULT_INVENTORY, out=None):
             "plan": "dry run: print what the upgrade would do, change nothing",
             "trust_new_hosts": HELP["trust_new_hosts"]})
 @user_errors
+@recorded
 def upgrade(c, to, inventory=DEFAULT_INVENTORY, bundle=None, max_unavailable=1, plan=False,
             trust_new_hosts=False):
     """Upgrade every node to --to: control planes (kubeadm upgrade), then each node drained,
@@ -320,6 +329,7 @@ def upgrade(c, to, inventory=DEFAULT_INVENTORY, bundle=None, max_unavailable=1, 
             "plan": "with --renew: only show what would be renewed",
             "trust_new_hosts": HELP["trust_new_hosts"]})
 @user_errors
+@recorded
 def certs(c, inventory=DEFAULT_INVENTORY, renew=False, plan=False, trust_new_hosts=False):
     """Every certificate of the cluster (subject, issuer, not-after, days left); exit 1 if one
     has expired. --renew renews them (quorum kept); --plan shows what would be renewed."""
@@ -381,3 +391,47 @@ def import_(c, kubeasz, output, force=False, cluster_name=None):
                         f"{output}`") from None
     print(f"{output}: valid: {len(cluster.nodes)} host(s), {cluster.distribution} "
           f"{cluster.kubernetes_version}, ha_mode {cluster.ha_mode}, API {cluster.api_endpoint}")
+
+
+
+# -- several clusters (provisioner/clusters.py) -------------------------------------------------
+
+@task(name="list", iterable=["state", "inventory"], help={
+    "state": "a state folder to look in (repeatable); default: the state folder of the default "
+             "inventory and $PROVISIONER_STATE_DIR",
+    "inventory": "look in this inventory's state folder (repeatable)"})
+@user_errors
+def list_(c, state=None, inventory=None):
+    """Every cluster in the state folder(s): name, inventory, version, nodes, last action, its
+    result and time."""
+    import os
+
+    from .. import clusters
+
+    states, inventories = list(state or []), list(inventory or [])
+    if not states and not inventories and os.path.exists(DEFAULT_INVENTORY):
+        inventories = [DEFAULT_INVENTORY]
+    bases = clusters.default_bases(inventories, states)
+    rows = [clusters.describe(d) for d in clusters.state_folders(bases)]
+    if not rows:
+        where = ", ".join(str(b) for b in bases) or "(none given: use --state DIR or -i FILE)"
+        print(f"no clusters in {where}")
+        return
+    print(clusters.table(rows))
+
+
+@task(help={"inventory": HELP["inventory"],
+            "merge": "merge into kubectl's config (-o, else the first file of $KUBECONFIG, "
+                     "else ~/.kube/config), keeping every other context",
+            "output": "file to write (default: <cluster>.kubeconfig here; with --merge see "
+                      "above)"})
+@user_errors
+def kubeconfig(c, inventory=DEFAULT_INVENTORY, merge=False, output=None):
+    """The cluster's admin kubeconfig (0600), with its context, cluster and user named after
+    the cluster; never printed."""
+    from .. import clusters
+
+    cluster = inv.load(inventory)
+    path, done = clusters.write_kubeconfig(cluster, output, merge_into=merge)
+    print(f"{done} in {path} (mode 0600); try: kubectl --kubeconfig {path} --context "
+          f"{cluster.cluster_name} get nodes")
