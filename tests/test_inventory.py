@@ -1,8 +1,9 @@
 """Inventory validation, tested as data.
 
 tests/data/bad/NNN-name.yml: one mistake each, with `# expect: <substring>` lines naming the
-problem line it must produce. tests/data/good/*.yml and inventories/*.yml must validate clean
-and read the same through ansible-inventory.
+problem line it must produce. tests/data/good/*.yml, inventories/*.yml, tests/data/lab-*.yml and
+tests/data/ansible/*/ (group_vars/, host_vars/, nested groups, INI) must validate clean and read
+the same through ansible-inventory: hosts, role groups and every host's merged variables.
 """
 
 from __future__ import annotations
