@@ -133,6 +133,7 @@ def convert(path: str, name: str | None = None) -> Result:
     problems: list[Problem] = []
 
     def bad(line: int, key: str, message: str, fix: str) -> None:
+        key = (str(key).split() or ["hosts"])[0]  # one word, as FILE:LINE: key: says
         problems.append(Problem(path, line, key, message, fix))
 
     hosts: dict[str, KHost] = {}
@@ -142,8 +143,12 @@ def convert(path: str, name: str | None = None) -> Result:
         if g.name == "all":
             all_vars = {k: (v, g.var_lines[k]) for k, v in g.vars.items()}
             for h in g.hosts:
-                bad(h.line, h.name, "a host in [all]", "list it under [kube_master], "
-                    "[kube_node], [etcd] or [ex_lb]")
+                if "=" in h.name:
+                    bad(h.line, h.name, "a variable in an [all] section, which lists hosts",
+                        "write the section header as [all:vars]")
+                else:
+                    bad(h.line, h.name, "a host in [all]", "list it under [kube_master], "
+                        "[kube_node], [etcd] or [ex_lb]")
             continue
         if g.name not in GROUPS:
             where = "before any [group] section" if g.name == "ungrouped" else f"[{g.name}]"
