@@ -22,13 +22,13 @@ from __future__ import annotations
 import difflib
 import os
 import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
 import yaml
 
-from . import model
+from . import ini, model
 from .errors import InvalidInventory, Problem
 
 # ---------------------------------------------------------------------------------------------
@@ -146,6 +146,13 @@ class Located:
         finally:
             loader.dispose()
         self.data = self._build(node, ()) if node is not None else None
+
+    @classmethod
+    def of(cls, path: str, data: Any, lines: dict[tuple, int]) -> "Located":
+        """A document read some other way (an INI inventory) with the same interface."""
+        doc = cls.__new__(cls)
+        doc.path, doc.data, doc.lines = path, data, lines
+        return doc
 
     def _build(self, node: yaml.Node, at: tuple) -> Any:
         self._count += 1
@@ -316,56 +323,111 @@ def _type_problem(value: Any, want) -> tuple[str, str]:
 # Loading
 # ---------------------------------------------------------------------------------------------
 
+VAR_EXTENSIONS = (".yml", ".yaml", ".json")  # what Ansible's host_group_vars plugin reads
+
+
+@dataclass
+class Var:
+    """One variable as written: its value and the file and key path that set it."""
+
+    value: Any
+    doc: Located
+    at: tuple
+
+
+@dataclass
+class Group:
+    name: str
+    doc: Located  # where it is first defined
+    at: tuple
+    vars: dict[str, Var] = field(default_factory=dict)
+    hosts: list[str] = field(default_factory=list)
+    parents: list[str] = field(default_factory=list)
+    files: list[Located] = field(default_factory=list)  # group_vars/<name>...
+
+
+@dataclass
+class Host:
+    name: str
+    doc: Located  # the block that holds its variables (else where it is first listed)
+    at: tuple
+    vars: dict[str, Var] = field(default_factory=dict)
+    groups: list[str] = field(default_factory=list)  # listed directly in
+    files: list[Located] = field(default_factory=list)  # host_vars/<name>...
+    merged: dict[str, Var] = field(default_factory=dict)  # as Ansible merges them
+
 
 @dataclass
 class Where:
-    """Maps a setting, a host key or a group to the `(dotted key, line)` a problem should name.
+    """Maps a setting, a host key or a group to the `(dotted key, line)` a problem should name,
+    and (`*_loc`) to the file that set it: the inventory, a group_vars/ or a host_vars/ file.
 
-    A key that is not in the file is named under the block it belongs in and gets the line of
+    A key that is not set anywhere is named under the block it belongs in and gets the line of
     that block (a missing setting: the `cluster:` block if there is one, else `all.vars`).
     """
 
-    doc: Located
-    setting_paths: dict[str, tuple]
-    host_paths: dict[str, tuple]
+    doc: Located  # the inventory file
+    settings: dict[str, Var]
+    hosts: dict[str, Host]
+    groups: dict[str, Group]
 
-    def _at(self, at: tuple) -> tuple[str, int]:
-        return dotted(at), self.doc.line(*at)
+    @staticmethod
+    def _loc(doc: Located, at: tuple) -> tuple[str, str, int]:
+        return doc.path, dotted(at), doc.line(*at)
+
+    def setting_loc(self, key: str, *sub) -> tuple[str, str, int]:
+        var = self.settings.get(key)
+        if var is not None:
+            return self._loc(var.doc, var.at + sub)
+        block = ("all", "vars", "cluster")
+        at = (block if block in self.doc.lines else ("all", "vars")) + (key,)
+        return self._loc(self.doc, at + sub)
+
+    def host_loc(self, name: str, key: str | None = None, *sub) -> tuple[str, str, int]:
+        """The value this host gets for `key` (its own, a group's, all's); else its block."""
+        host = self.hosts.get(name)
+        if host is None:
+            return self._loc(self.doc, ("all", "children"))
+        if key is None:
+            return self._loc(host.doc, host.at)
+        var = host.merged.get(key)
+        if var is not None:
+            return self._loc(var.doc, var.at + sub)
+        return self._loc(host.doc, host.at + (key,) + sub)
+
+    def group_loc(self, name: str) -> tuple[str, str, int]:
+        group = self.groups.get(name)
+        if group is None:
+            return self._loc(self.doc, ("all", "children", name))
+        return self._loc(group.doc, group.at)
 
     def setting(self, key: str, *sub) -> tuple[str, int]:
-        at = self.setting_paths.get(key)
-        if at is None:
-            block = ("all", "vars", "cluster")
-            at = (block if block in self.doc.lines else ("all", "vars")) + (key,)
-        return self._at(at + sub)
+        return self.setting_loc(key, *sub)[1:]
 
     def host(self, name: str, key: str | None = None, *sub) -> tuple[str, int]:
-        """The host's own `key`; a connection variable it inherits from all.vars is named there."""
-        at = self.host_paths.get(name, ("all", "children"))
-        if key is None:
-            return self._at(at)
-        if at + (key,) not in self.doc.lines and key in self.setting_paths:
-            return self._at(self.setting_paths[key] + sub)
-        return self._at(at + (key,) + sub)
-
-    def host_sets(self, name: str, key: str) -> bool:
-        """Whether the file gives `key` to this host (on the host or in all.vars)."""
-        at = self.host_paths.get(name, ())
-        return at + (key,) in self.doc.lines or key in self.setting_paths
+        return self.host_loc(name, key, *sub)[1:]
 
     def group(self, name: str) -> tuple[str, int]:
-        return self._at(("all", "children", name))
+        return self.group_loc(name)[1:]
+
+    def host_sets(self, name: str, key: str) -> bool:
+        """Whether the inventory gives `key` to this host (anywhere Ansible would)."""
+        host = self.hosts.get(name)
+        return host is not None and key in host.merged
 
 
 class _Collector:
     def __init__(self, doc: Located):
         self.doc, self.problems = doc, []
 
-    def add(self, at: tuple, message: str, fix: str = "") -> None:
-        self.problems.append(Problem(self.doc.path, self.doc.line(*at), dotted(at), message, fix))
+    def add(self, at: tuple, message: str, fix: str = "", doc: Located | None = None) -> None:
+        doc = doc or self.doc
+        self.problems.append(Problem(doc.path, doc.line(*at), dotted(at), message, fix))
 
 
-def read(path: str | os.PathLike) -> Located:
+def read(path: str | os.PathLike, inventory: bool = True) -> Located:
+    """A YAML file, or an INI inventory (see `provisioner.ini`), with the line of every key.
+    Variable files (`inventory=False`) are YAML (or JSON) only, as Ansible reads them."""
     path = str(path)
     try:
         data = Path(path).read_bytes()
@@ -373,6 +435,12 @@ def read(path: str | os.PathLike) -> Located:
         raise InvalidInventory([Problem(path, 0, "file", f"cannot read: {e.strerror}",
                                         "check the path given with -i")]) from None
     text = decode(path, data)
+    if inventory and ini.looks_like_ini(path, text):
+        try:
+            return Located.of(path, *ini.to_doc(ini.parse(text)))
+        except ini.IniError as e:
+            key = e.key.split()[0] if e.key.strip() else "ini"
+            raise InvalidInventory([Problem(path, e.line, key, e.message, e.fix)]) from None
     try:
         return Located(path, text)
     except _Duplicate as d:
@@ -461,194 +529,395 @@ def load(path: str | os.PathLike, check: Callable | None = None) -> model.Cluste
     return cluster
 
 
-def _build(doc: Located, c: _Collector) -> tuple[model.Cluster | None, Where | None]:
-    data = doc.data
-    if data is None:
-        c.add(("all",), "the file is empty", "see inventories/single.yml for the layout")
-        return None, None
-    if not isinstance(data, dict):
-        got = TYPE_NAMES.get(type(data), type(data).__name__)
-        c.add(("all",), f"the top level must be a mapping `all:`, got {got}",
-              "see inventories/single.yml for the layout")
-        return None, None
-    if not isinstance(data.get("all"), dict):
-        groups = [k for k in data if k in model.ROLE_GROUPS]
-        c.add(("all",), "the inventory must start with a mapping `all:`",
-              "put the groups under all.children" if groups else
-              "see inventories/single.yml for the layout")
-        return None, None
-    root = data["all"]
-    for key in data:
-        if key != "all":
-            c.add((key,), "unknown top-level key", "put groups under all.children")
-    for key in root:
-        if key not in GROUP_KEYS:
-            c.add(("all", key), "unknown key", suggest(key, GROUP_KEYS))
+def variables(path: str | os.PathLike) -> dict[str, dict[str, Any]]:
+    """Every host and its variables merged as Ansible merges them: what `ansible-inventory -i
+    FILE --list` gives as hostvars. Raises `InvalidInventory` on any structural problem."""
+    doc = read(path)
+    c = _Collector(doc)
+    tree = _tree(doc, c)
+    if c.problems or tree is None:
+        raise InvalidInventory(c.problems)
+    return {h.name: {k: v.value for k, v in h.merged.items()} for h in tree.hosts.values()}
 
-    settings, setting_paths = _settings(root.get("vars"), c)
-    hosts, host_paths, groups = _hosts(root, c, settings)
+
+@dataclass
+class Tree:
+    """The inventory as Ansible sees it: groups (with parents) and hosts, each variable located."""
+
+    groups: dict[str, Group]
+    hosts: dict[str, Host]
+    all_vars: dict[str, Var] = field(default_factory=dict)  # all.vars, then group_vars/all
+
+    def ancestors(self, name: str) -> set[str]:
+        out, todo = set(), list(self.groups[name].parents)
+        while todo:
+            g = todo.pop()
+            if g not in out:
+                out.add(g)
+                todo += self.groups[g].parents
+        return out
+
+    def groups_of(self, host: Host) -> set[str]:
+        """Every group the host is in: where it is listed, and their ancestors ('all' too)."""
+        out = {"all"}
+        for g in host.groups:
+            out |= {g} | self.ancestors(g)
+        return out
+
+    def depth(self, name: str) -> int:
+        """Ansible's group depth: the longest path from `all`."""
+        parents = self.groups[name].parents
+        return 0 if name == "all" else 1 + max((self.depth(p) for p in parents), default=0)
+
+
+def _build(doc: Located, c: _Collector) -> tuple[model.Cluster | None, Where | None]:
+    tree = _tree(doc, c)
+    if tree is None:
+        return None, None
+    settings = _settings(tree, c)
+    roles: dict[str, tuple[str, ...]] = {}
+    for name, host in tree.hosts.items():
+        groups = tree.groups_of(host)
+        roles[name] = tuple(g for g in model.ROLE_GROUPS if g in groups)
+    if not any(model.CONTROL_PLANE in r for r in roles.values()):
+        c.add(("all", "children"), "no control plane host",
+              "add a `control_plane:` group with at least one host")
+    kubeasz = sorted(g for g in tree.groups if g in KUBEASZ_GROUPS)
+    for name, host in tree.hosts.items():
+        if not roles[name]:
+            fix = "list it under control_plane, workers, etcd or loadbalancers"
+            if kubeasz:
+                fix += (f"; groups {', '.join(kubeasz)} are kubeasz's: convert a kubeasz hosts "
+                        f"file with `invoke cluster.import --kubeasz {doc.path} -o NEW.yml`")
+            c.add(host.at, "host is in no role group", fix, doc=host.doc)
     if c.problems:
         return None, None
 
     nodes = []
-    for name, (hvars, at) in hosts.items():
-        merged = {k: settings[k] for k in ANSIBLE_VARS if k in settings} | hvars
+    for name, host in tree.hosts.items():
+        merged = {k: v.value for k, v in host.merged.items()}
         user = merged.get("ansible_user", "root")
         nodes.append(model.Node(
             name=name,
             address=str(merged.get("ansible_host", name)),
-            roles=tuple(g for g in model.ROLE_GROUPS if name in groups.get(g, ())),
+            roles=roles[name],
             ssh_user=user,
             become=user != "root" and merged.get("ansible_become", True),
             become_password_file=_key_path(merged.get("ansible_become_password_file"), doc.path),
             ssh_port=merged.get("ansible_port", 22),
             ssh_key=_key_path(merged.get("ansible_ssh_private_key_file"), doc.path),
-            labels=dict(hvars.get("node_labels") or {}),
-            taints=tuple(hvars.get("node_taints") or ()),
-            keepalived_priority=hvars.get("keepalived_priority"),
+            labels=dict(merged.get("node_labels") or {}),
+            taints=tuple(merged.get("node_taints") or ()),
+            keepalived_priority=merged.get("keepalived_priority"),
         ))
     values = {k: s.default for k, s in SETTINGS.items()} | {
-        k: v for k, v in settings.items() if k in SETTINGS}
+        k: v.value for k, v in settings.items()}
     if values["ha_mode"] is None:
-        values["ha_mode"] = "none" if len(groups.get(model.CONTROL_PLANE, ())) <= 1 else "local"
+        cps = sum(model.CONTROL_PLANE in r for r in roles.values())
+        values["ha_mode"] = "none" if cps <= 1 else "local"
     if values["kubernetes_version"] is None:
         values["kubernetes_version"] = DEFAULT_VERSION[values["distribution"]]
     cluster = model.Cluster(source=doc.path, nodes=tuple(nodes), **values)
-    return cluster, Where(doc, setting_paths, host_paths)
+    return cluster, Where(doc, settings, tree.hosts, tree.groups)
 
 
 DEFAULT_VERSION = {"kubeadm": "v1.32.4", "k3s": "v1.32.4+k3s1"}
+# kubeasz's group names: an inventory that uses them is a kubeasz hosts file to import.
+KUBEASZ_GROUPS = ("kube_master", "kube_node", "ex_lb", "kube-master", "kube-node", "ex-lb")
 
 
-def _settings(vars_: Any, c: _Collector) -> tuple[dict, dict]:
-    values: dict = {}
-    paths: dict = {}
-    if vars_ is None:
-        return values, paths
-    if not isinstance(vars_, dict):
-        c.add(("all", "vars"), "must be a mapping of settings", "write `key: value` lines under it")
-        return values, paths
+def _tree(doc: Located, c: _Collector) -> Tree | None:
+    """Groups, hosts and every variable (inventory, group_vars/, host_vars/), each key checked
+    where it is written; each host's variables merged in Ansible's order."""
+    data = doc.data
+    if data is None:
+        c.add(("all",), "the file is empty", "see inventories/single.yml for the layout")
+        return None
+    if not isinstance(data, dict):
+        got = TYPE_NAMES.get(type(data), type(data).__name__)
+        c.add(("all",), f"the top level must be a mapping `all:`, got {got}",
+              "see inventories/single.yml for the layout")
+        return None
+    if not isinstance(data.get("all"), dict):
+        groups = [k for k in data if k in model.ROLE_GROUPS]
+        c.add(("all",), "the inventory must start with a mapping `all:`",
+              "put the groups under all.children" if groups else
+              "see inventories/single.yml for the layout")
+        return None
+    for key in data:
+        if key != "all":
+            c.add((key,), "unknown top-level key", "put groups under all.children")
+    for key in data["all"]:
+        if key not in GROUP_KEYS:
+            c.add(("all", key), "unknown key", suggest(key, GROUP_KEYS))
 
-    def take(key, value, at):
-        if key in values:
-            c.add(at, "set twice (in all.vars and in its cluster: block)", "keep one of them")
+    tree = Tree({}, {})
+    _group(tree, doc, c, "all", data["all"], ("all",), None)
+    _var_files(tree, doc, c)
+    for name, group in tree.groups.items():
+        scope = "all" if name == "all" else "group"
+        for key, var in list(group.vars.items()) + _file_vars(group.files):
+            _check(c, scope, key, var)
+    for host in tree.hosts.values():
+        for key, var in list(host.vars.items()) + _file_vars(host.files):
+            _check(c, "host", key, var)
+
+    # Ansible's order (VariableManager.get_vars, default VARIABLE_PRECEDENCE): all's inventory
+    # vars < every other group's inventory vars (by depth, then name) < group_vars/all <
+    # group_vars/<group> (same order) < the host's inventory vars < host_vars/<host>. A later
+    # value replaces an earlier one whole (mappings are not merged).
+    for key, var in list(tree.groups["all"].vars.items()) + _file_vars(tree.groups["all"].files):
+        old = tree.all_vars.get(key)
+        if key == "cluster" and old is not None and old.doc is not var.doc:
+            c.add(var.at, f"a second `cluster:` block (the first is in {old.doc.path}:"
+                  f"{old.doc.line(*old.at)}): Ansible keeps only the last one, whole, so the "
+                  "settings of the first would be lost", "keep one cluster: block, or write "
+                  "the settings flat", doc=var.doc)
+        tree.all_vars[key] = var
+    for host in tree.hosts.values():
+        groups = sorted(tree.groups_of(host) - {"all"}, key=lambda g: (tree.depth(g), g))
+        merged = dict(tree.groups["all"].vars)
+        for g in groups:
+            merged |= tree.groups[g].vars
+        merged |= dict(_file_vars(tree.groups["all"].files))
+        for g in groups:
+            merged |= dict(_file_vars(tree.groups[g].files))
+        merged |= host.vars
+        merged |= dict(_file_vars(host.files))
+        host.merged = merged
+    return tree
+
+
+def _typo_of_role(name: str) -> str:
+    """The role group an extra group's name looks like a misspelling of, or ''."""
+    norm = name.lower().replace("-", "_")
+    close = difflib.get_close_matches(norm, model.ROLE_GROUPS, n=1, cutoff=0.85)
+    if name in model.ROLE_GROUPS or not close:
+        return ""
+    return close[0]
+
+
+def _group(tree: Tree, doc: Located, c: _Collector, name: Any, body: Any, at: tuple,
+           parent: str | None) -> None:
+    """One group of a YAML-shaped inventory (`hosts`, `vars`, `children`), recursively."""
+    if not isinstance(name, str):
+        c.add(at, f"group name {name!r} must be a string", "quote it")
+        return
+    if parent is not None:
+        if name == "all":
+            c.add(at, "`all` cannot be a child of another group", "remove it here: every "
+                  "group is in all")
             return
-        if key in ANSIBLE_VARS and at[-2] == "cluster":
-            c.add(at, "Ansible reads connection variables only directly in all.vars",
-                  "move it out of the cluster: block into all.vars")
+        typo = _typo_of_role(name)
+        if typo:
+            c.add(at, f"unknown group: it looks like the role group '{typo}' misspelt (other "
+                  "groups are fine)", f"did you mean '{typo}'?")
             return
-        if key in ANSIBLE_VARS:
-            want = HOST_KEYS[key]
-        elif key in SETTINGS:
-            want = SETTINGS[key].type
-        else:
-            c.add(at, "unknown setting", suggest(key, list(SETTINGS) + list(ANSIBLE_VARS)))
+    group = tree.groups.get(name)
+    if group is None:
+        group = tree.groups[name] = Group(name, doc, at)
+    if parent is not None and parent not in group.parents:
+        if name == parent or name in tree.ancestors(parent):
+            c.add(at, f"group {name} would be its own ancestor", "a group cannot contain "
+                  "itself, directly or through its children")
             return
-        if value is None and key in SETTINGS:
-            return  # explicit null: keep the default
-        if not _type_ok(value, want):
-            c.add(at, *_type_problem(value, want))
-            return
-        choices = SETTINGS[key].choices if key in SETTINGS else None
-        if choices and value not in choices:
-            c.add(at, f"{value!r} is not supported", "use one of: " + ", ".join(choices))
-            return
-        values[key], paths[key] = value, at
-
-    for key, value in vars_.items():
-        if key == "cluster":
-            if not isinstance(value, dict):
-                c.add(("all", "vars", "cluster"), "must be a mapping of cluster settings",
-                      "write `key: value` lines under it")
-                continue
-            for k, v in value.items():
-                take(k, v, ("all", "vars", "cluster", k))
-        else:
-            take(key, value, ("all", "vars", key))
-    return values, paths
-
-
-def _hosts(root: dict, c: _Collector, settings: dict):
-    """Walk all.hosts and all.children (one level of role groups) collecting hosts."""
-    hosts: dict[str, tuple[dict, tuple]] = {}
-    paths: dict[str, tuple] = {}
-    groups: dict[str, list[str]] = {}
-
-    def host_block(block, at, group):
-        if block is None:
-            return
-        if not isinstance(block, dict):
-            c.add(at, "must be a mapping of host names", "write `name: {ansible_host: ADDRESS}`")
-            return
-        for name, hvars in block.items():
-            hat = at + (name,)
-            if hvars is None:
-                hvars = {}
-            if not isinstance(hvars, dict):
-                c.add(hat, "host variables must be a mapping",
-                      "write `name: {ansible_host: ADDRESS}`")
-                continue
-            ok = True
-            for k, v in hvars.items():
-                if k in SETTINGS or k == "cluster":
-                    c.add(hat + (k,), "a cluster setting cannot be set per host",
-                          "move it to all.vars")
-                    ok = False
-                elif k not in HOST_KEYS:
-                    c.add(hat + (k,), "unknown host variable", suggest(k, HOST_KEYS))
-                    ok = False
-                elif not _type_ok(v, HOST_KEYS[k]):
-                    c.add(hat + (k,), *_type_problem(v, HOST_KEYS[k]))
-                    ok = False
-            if not isinstance(name, str):
-                c.add(hat, f"host name {name!r} must be a string", "quote it")
-                continue
-            if group:
-                groups.setdefault(group, []).append(name)
-            if name in hosts:
-                # The same host in two role groups: allowed; its vars are merged.
-                if hvars and hosts[name][0] and hvars != hosts[name][0]:
-                    c.add(hat, "host is defined twice with different variables",
-                          "set its variables in one place only")
-                if hvars and not hosts[name][0]:
-                    paths[name] = hat  # name the block that holds its variables
-                hosts[name] = (hosts[name][0] or hvars, paths[name])
-                continue
-            if ok:
-                hosts[name] = (hvars, hat)
-                paths[name] = hat
-
-    host_block(root.get("hosts"), ("all", "hosts"), None)
-    children = root.get("children")
-    if children is None:
-        children = {}
-    if not isinstance(children, dict):
-        c.add(("all", "children"), "must be a mapping of groups", "see inventories/single.yml")
-        children = {}
-    for group, body in children.items():
-        at = ("all", "children", group)
-        if group not in model.ROLE_GROUPS:
-            c.add(at, "unknown group", suggest(group, model.ROLE_GROUPS))
-            continue
-        if body is None:
-            continue
-        if not isinstance(body, dict):
-            c.add(at, "a group must be a mapping with `hosts:`", "write `hosts:` under it")
-            continue
+        group.parents.append(parent)
+    if body is None:
+        return
+    if not isinstance(body, dict):
+        c.add(at, "a group must be a mapping with `hosts:`", "write `hosts:` under it")
+        return
+    if parent is not None:
         for key in body:
-            if key != "hosts":
-                c.add(at + (key,), "unknown key in a role group",
-                      "role groups take only `hosts:`; put settings in all.vars")
-        host_block(body.get("hosts"), at + ("hosts",), group)
+            if key not in GROUP_KEYS:
+                c.add(at + (key,), "unknown key in a group", suggest(key, GROUP_KEYS))
+    vars_ = body.get("vars")
+    if vars_ is not None and not isinstance(vars_, dict):
+        c.add(at + ("vars",), "must be a mapping of settings" if name == "all" else
+              "must be a mapping of variables", "write `key: value` lines under it")
+    elif vars_:
+        for key, value in vars_.items():
+            old = group.vars.get(key)
+            if old is not None and old.value != value:
+                c.add(at + ("vars", key), f"set twice for the group {name} (first on line "
+                      f"{old.doc.line(*old.at)})", "set it in one place only")
+            group.vars[key] = Var(value, doc, at + ("vars", key))
+    _hosts(tree, doc, c, body.get("hosts"), at + ("hosts",), name)
+    children = body.get("children")
+    if children is None:
+        return
+    if not isinstance(children, dict):
+        c.add(at + ("children",), "must be a mapping of groups", "see inventories/single.yml")
+        return
+    for child, child_body in children.items():
+        _group(tree, doc, c, child, child_body, at + ("children", child), name)
 
-    if not groups.get(model.CONTROL_PLANE):
-        c.add(("all", "children"), "no control plane host",
-              "add a `control_plane:` group with at least one host")
-    for name in hosts:
-        if not any(name in members for members in groups.values()):
-            c.add(paths[name], "host is in no role group",
-                  "list it under control_plane, workers, etcd or loadbalancers")
-    return hosts, paths, groups
+
+def _hosts(tree: Tree, doc: Located, c: _Collector, block: Any, at: tuple, group: str) -> None:
+    if block is None:
+        return
+    if not isinstance(block, dict):
+        c.add(at, "must be a mapping of host names", "write `name: {ansible_host: ADDRESS}`")
+        return
+    for name, hvars in block.items():
+        hat = at + (name,)
+        if hvars is None:
+            hvars = {}
+        if not isinstance(hvars, dict):
+            c.add(hat, "host variables must be a mapping", "write `name: {ansible_host: ADDRESS}`")
+            continue
+        if not isinstance(name, str):
+            c.add(hat, f"host name {name!r} must be a string", "quote it")
+            continue
+        host = tree.hosts.get(name)
+        if host is None:
+            host = tree.hosts[name] = Host(name, doc, hat)
+        elif hvars and host.vars:
+            # The same host in two groups: allowed, with its variables in one place.
+            if hvars != {k: v.value for k, v in host.vars.items()}:
+                c.add(hat, "host is defined twice with different variables",
+                      "set its variables in one place only")
+            hvars = {}
+        elif hvars:
+            host.doc, host.at = doc, hat  # name the block that holds its variables
+        if group != "all" and group not in host.groups:
+            host.groups.append(group)
+        for k, v in hvars.items():
+            host.vars[k] = Var(v, doc, hat + (k,))
+
+
+def _check(c: _Collector, scope: str, key: Any, var: Var) -> None:
+    """A variable's key and type, where it is written. `scope`: all, group or host."""
+    value, at, doc = var.value, var.at, var.doc
+    if scope == "all" and key == "cluster":
+        if not isinstance(value, dict):
+            c.add(at, "must be a mapping of cluster settings", "write `key: value` lines under "
+                  "it", doc=doc)
+            return
+        for k, v in value.items():
+            if k in ANSIBLE_VARS:
+                c.add(at + (k,), "Ansible reads connection variables only directly in all.vars",
+                      "move it out of the cluster: block into all.vars", doc=doc)
+            elif k in SETTINGS:
+                _check(c, "all", k, Var(v, doc, at + (k,)))
+            else:
+                c.add(at + (k,), "unknown setting", suggest(k, list(SETTINGS) +
+                                                             list(ANSIBLE_VARS)), doc=doc)
+        return
+    if scope == "all" and key in SETTINGS:
+        want, choices = SETTINGS[key].type, SETTINGS[key].choices
+        if value is None:
+            return  # explicit null: keep the default
+    elif key in SETTINGS or key == "cluster":
+        elsewhere = " or group_vars/all.yml" if scope == "group" else ""
+        c.add(at, f"a cluster setting cannot be set per {scope}", "move it to all.vars"
+              + elsewhere, doc=doc)
+        return
+    elif key in HOST_KEYS:
+        want, choices = HOST_KEYS[key], None
+    elif scope == "all":
+        c.add(at, "unknown setting", suggest(key, list(SETTINGS) + list(HOST_KEYS)), doc=doc)
+        return
+    else:
+        c.add(at, "unknown host variable" if scope == "host" else "unknown variable",
+              suggest(key, HOST_KEYS), doc=doc)
+        return
+    if not _type_ok(value, want):
+        c.add(at, *_type_problem(value, want), doc=doc)
+    elif choices and value not in choices:
+        c.add(at, f"{value!r} is not supported", "use one of: " + ", ".join(choices), doc=doc)
+
+
+def _settings(tree: Tree, c: _Collector) -> dict[str, Var]:
+    """The cluster settings from all's merged variables, flat or in the `cluster:` block."""
+    out: dict[str, Var] = {}
+
+    def take(key, var):
+        if key not in SETTINGS or var.value is None:
+            return
+        if key in out:
+            c.add(var.at, "set twice (in all.vars and in its cluster: block)", "keep one of them",
+                  doc=var.doc)
+            return
+        out[key] = var
+
+    for key, var in tree.all_vars.items():
+        if key == "cluster" and isinstance(var.value, dict):
+            for k, v in var.value.items():
+                take(k, Var(v, var.doc, var.at + (k,)))
+        else:
+            take(key, var)
+    return out
+
+
+def _file_vars(docs: list[Located]) -> list[tuple[Any, Var]]:
+    return [(k, Var(v, d, (k,))) for d in docs if isinstance(d.data, dict)
+            for k, v in d.data.items()]
+
+
+def _var_files(tree: Tree, doc: Located, c: _Collector) -> None:
+    """group_vars/ and host_vars/ beside the inventory, found as Ansible's host_group_vars
+    plugin finds them: `<name>` (a file, or a folder read recursively in name order),
+    `<name>.yml`, `<name>.yaml` or `<name>.json` — the first that exists."""
+    base = os.path.dirname(doc.path)
+    for kind, entities in (("group_vars", tree.groups), ("host_vars", tree.hosts)):
+        folder = os.path.join(base, kind)
+        if not os.path.lexists(folder):
+            continue
+        if not os.path.isdir(folder):
+            c.problems.append(Problem(folder, 0, kind, "is not a folder (Ansible skips it)",
+                                      "make it a folder of <name>.yml files, or remove it"))
+            continue
+        what = "group" if kind == "group_vars" else "host"
+        claimed = set()
+        for name, entity in entities.items():
+            if "/" in name or name in (".", ".."):
+                continue
+            found = [p for p in [os.path.join(folder, name + e) for e in ("",) + VAR_EXTENSIONS]
+                     if os.path.exists(p)]
+            if not found:
+                continue
+            claimed |= set(found)
+            if len(found) > 1:
+                c.problems.append(Problem(found[1], 0, kind, f"{found[0]} is there too, and "
+                                          "Ansible reads only that one", "merge them into one"))
+            files = _dir_files(found[0]) if os.path.isdir(found[0]) else [found[0]]
+            for path in files:
+                try:
+                    var_doc = read(path, inventory=False)
+                except InvalidInventory as e:
+                    c.problems += e.problems
+                    continue
+                if var_doc.data is not None and not isinstance(var_doc.data, dict):
+                    c.problems.append(Problem(path, 1, kind, "must be a mapping of variables",
+                                              "write `key: value` lines"))
+                    continue
+                entity.files.append(var_doc)
+        for entry in sorted(os.listdir(folder)):
+            path = os.path.join(folder, entry)
+            stem, ext = os.path.splitext(entry)
+            if entry.startswith(".") or entry.endswith("~") or path in claimed or (
+                    ext and ext not in VAR_EXTENSIONS):
+                continue
+            c.problems.append(Problem(path, 0, kind, f"no {what} named '{stem}' in {doc.path}, "
+                                      "so Ansible ignores this file",
+                                      suggest(stem, [e for e in entities if "/" not in e])))
+
+
+def _dir_files(folder: str) -> list[str]:
+    """A group_vars/<name>/ folder's files as Ansible reads them: in name order, recursively,
+    skipping hidden and backup files and other extensions."""
+    out = []
+    for entry in sorted(os.listdir(folder)):
+        path = os.path.join(folder, entry)
+        ext = os.path.splitext(entry)[1]
+        if entry.startswith(".") or entry.endswith("~"):
+            continue
+        if os.path.isdir(path) and not ext:
+            out += _dir_files(path)
+        elif os.path.isfile(path) and (not ext or ext in VAR_EXTENSIONS):
+            out.append(path)
+    return out
 
 
 def _key_path(value: str | None, inventory: str) -> str | None:

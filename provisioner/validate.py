@@ -83,13 +83,14 @@ Addr = ipaddress.IPv4Address | ipaddress.IPv6Address
 def problem(where, key: str, message: str, fix: str = "", host: str | None = None,
             sub: tuple = ()) -> Problem:
     """A problem named at a setting, or at a host's key when `host` is given."""
-    dotted, line = where.host(host, key, *sub) if host else where.setting(key, *sub)
-    return Problem(where.doc.path, line, dotted, message, fix)
+    file, dotted, line = (where.host_loc(host, key, *sub) if host else
+                          where.setting_loc(key, *sub))
+    return Problem(file, line, dotted, message, fix)
 
 
 def group_problem(where, group: str, message: str, fix: str = "") -> Problem:
-    dotted, line = where.group(group)
-    return Problem(where.doc.path, line, dotted, message, fix)
+    file, dotted, line = where.group_loc(group)
+    return Problem(file, line, dotted, message, fix)
 
 
 def check_for_fetch(cluster: Cluster, where) -> list[Problem]:

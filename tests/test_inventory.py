@@ -1,8 +1,9 @@
 """Inventory validation, tested as data.
 
 tests/data/bad/NNN-name.yml: one mistake each, with `# expect: <substring>` lines naming the
-problem line it must produce. tests/data/good/*.yml and inventories/*.yml must validate clean
-and read the same through ansible-inventory.
+problem line it must produce. tests/data/good/*.yml, inventories/*.yml, tests/data/lab-*.yml and
+tests/data/ansible/*/ (group_vars/, host_vars/, nested groups, INI) must validate clean and read
+the same through ansible-inventory: hosts, role groups and every host's merged variables.
 """
 
 from __future__ import annotations
@@ -23,7 +24,9 @@ from provisioner.model import ROLE_GROUPS
 ROOT = Path(__file__).resolve().parent.parent
 BAD = sorted((ROOT / "tests/data/bad").glob("*.yml"))
 GOOD = sorted((ROOT / "tests/data/good").glob("*.yml")) + sorted(
-    (ROOT / "inventories").glob("*.yml"))
+    (ROOT / "inventories").glob("*.yml")) + sorted((ROOT / "tests/data").glob("lab-*.yml")) + [
+    p for d in sorted((ROOT / "tests/data/ansible").iterdir()) for p in sorted(d.iterdir())
+    if p.name in ("inventory.yml", "hosts")]  # with group_vars/, host_vars/, INI
 LINE = re.compile(r"^[^:]+:\d+: \S+: .+")
 BIN = Path(sys.executable).parent
 
@@ -206,9 +209,21 @@ def test_cli_accepts_a_good_inventory():
 # --- Ansible reads the same inventory --------------------------------------------------------
 
 
+def ansible_members(data: dict, group: str) -> set[str]:
+    """The hosts of a group in `ansible-inventory --list` output, its children's included."""
+    body = data.get(group, {})
+    out = set(body.get("hosts", []))
+    for child in body.get("children", []):
+        out |= ansible_members(data, child)
+    return out
+
+
 @pytest.mark.parametrize("path", GOOD, ids=lambda p: f"{p.parent.name}/{p.stem}")
-def test_ansible_reads_the_same_hosts_and_groups(path):
-    env = dict(os.environ, ANSIBLE_INVENTORY_ENABLED="yaml", ANSIBLE_INVENTORY_UNPARSED_FAILED="1")
+def test_ansible_reads_the_same_inventory(path):
+    """Parity: the hosts, their role groups and every host's merged variables (inventory,
+    group vars, group_vars/, host_vars/) equal what ansible-inventory gives."""
+    env = dict(os.environ, ANSIBLE_INVENTORY_ENABLED="yaml,ini",
+               ANSIBLE_INVENTORY_UNPARSED_FAILED="1")
     r = subprocess.run([str(BIN / "ansible-inventory"), "-i", rel(path), "--list"], cwd=ROOT,
                        capture_output=True, text=True, env=env, timeout=120)
     assert r.returncode == 0, r.stderr
@@ -216,14 +231,15 @@ def test_ansible_reads_the_same_hosts_and_groups(path):
     cluster = inventory.load(rel(path))
     for group in ROLE_GROUPS:
         ours = sorted(n.name for n in cluster.with_role(group))
-        theirs = sorted(data.get(group, {}).get("hosts", []))
-        assert theirs == ours, group
+        assert sorted(ansible_members(data, group)) == ours, group
     hostvars = data["_meta"]["hostvars"]
     assert sorted(hostvars) == sorted(n.name for n in cluster.nodes)
+    assert json.loads(json.dumps(inventory.variables(rel(path)))) == hostvars
     for n in cluster.nodes:
         assert hostvars[n.name]["ansible_host"] == n.address
         assert hostvars[n.name].get("ansible_port", 22) == n.ssh_port
         assert hostvars[n.name].get("ansible_user", "root") == n.ssh_user
+        assert hostvars[n.name].get("node_labels", {}) == n.labels
 
 
 # --- reading hostile files: a clear FILE:LINE error, never a traceback or a hang -------------

@@ -10,7 +10,7 @@ from .. import inventory as inv
 from .. import actions, paths
 from ..errors import InvalidInventory, UserError
 from ..model import ROLE_GROUPS
-from . import DEFAULT_INVENTORY, user_errors
+from . import DEFAULT_INVENTORY, recorded, user_errors
 
 HELP = {
     "inventory": "inventory file (default: the built-in lab, inventories/lab.yml)",
@@ -85,6 +85,7 @@ def print_plan(plan, verb="would") -> int:
 
 @task(help=helps("inventory", "bundle", "from_", "trust_new_hosts", "files", "ask_become_pass"))
 @user_errors
+@recorded
 def plan(c, inventory=DEFAULT_INVENTORY, bundle=None, from_=None, trust_new_hosts=False,
          files=False, ask_become_pass=False):
     """Dry run: probe the hosts and print, per phase and host, what cluster.up would change."""
@@ -108,6 +109,7 @@ def plan(c, inventory=DEFAULT_INVENTORY, bundle=None, from_=None, trust_new_host
 
 @task(help=helps("inventory", "bundle", "from_", "trust_new_hosts", "ask_become_pass"))
 @user_errors
+@recorded
 def up(c, inventory=DEFAULT_INVENTORY, bundle=None, from_=None, trust_new_hosts=False,
        ask_become_pass=False):
     """Build or converge the cluster: validate, preflight, then every phase that has work."""
@@ -123,6 +125,7 @@ def up(c, inventory=DEFAULT_INVENTORY, bundle=None, from_=None, trust_new_hosts=
 
 @task(help=helps("inventory"))
 @user_errors
+@recorded
 def status(c, inventory=DEFAULT_INVENTORY):
     """Per host: reachable, roles, and the state of every cluster service."""
     from rich.console import Console
@@ -143,6 +146,7 @@ def status(c, inventory=DEFAULT_INVENTORY):
 
 @task(help=helps("inventory"))
 @user_errors
+@recorded
 def smoke(c, inventory=DEFAULT_INVENTORY):
     """On a real cluster: a pod per node, a Service, DNS through CoreDNS, pod-to-pod traffic."""
 
@@ -151,6 +155,7 @@ def smoke(c, inventory=DEFAULT_INVENTORY):
 
 @task(help=helps("inventory", "yes", "ask_become_pass"))
 @user_errors
+@recorded
 def reset(c, inventory=DEFAULT_INVENTORY, yes=False, ask_become_pass=False):
     """Remove Kubernetes, etcd and load balancers from every host (PKI and secrets are kept)."""
 
@@ -167,6 +172,7 @@ def reset(c, inventory=DEFAULT_INVENTORY, yes=False, ask_become_pass=False):
 
 @task(help=helps("inventory", "plan"))
 @user_errors
+@recorded
 def backup(c, inventory=DEFAULT_INVENTORY, plan=False):
     """Snapshot etcd from a healthy member into <state>/<cluster>/backups/; print its path."""
     from .. import backup as actions_backup
@@ -188,6 +194,7 @@ def backup(c, inventory=DEFAULT_INVENTORY, plan=False):
 
 @task(help=helps("inventory", "snapshot", "plan", "yes"))
 @user_errors
+@recorded
 def restore(c, snapshot, inventory=DEFAULT_INVENTORY, plan=False, yes=False):
     """Restore etcd on every member from a backup; the API servers stop meanwhile. Data
     written after the snapshot is lost. Resumable: rerun after a failure."""
@@ -221,6 +228,7 @@ def restore(c, snapshot, inventory=DEFAULT_INVENTORY, plan=False, yes=False):
 
 @task(help=helps("inventory", "trust_new_hosts", "ask_become_pass"))
 @user_errors
+@recorded
 def preflight(c, inventory=DEFAULT_INVENTORY, trust_new_hosts=False, ask_become_pass=False):
     """Probe every host (one round trip each) and list what would stop the install; exit 2 if any."""
     from invoke import Exit
@@ -310,6 +318,7 @@ def render(c, inventory=DEFAULT_INVENTORY, out=None):
             "plan": "dry run: print what the upgrade would do, change nothing",
             "trust_new_hosts": HELP["trust_new_hosts"]})
 @user_errors
+@recorded
 def upgrade(c, to, inventory=DEFAULT_INVENTORY, bundle=None, max_unavailable=1, plan=False,
             trust_new_hosts=False):
     """Upgrade every node to --to: control planes (kubeadm upgrade), then each node drained,
@@ -343,6 +352,7 @@ def upgrade(c, to, inventory=DEFAULT_INVENTORY, bundle=None, max_unavailable=1, 
             "plan": "with --renew: only show what would be renewed",
             "trust_new_hosts": HELP["trust_new_hosts"]})
 @user_errors
+@recorded
 def certs(c, inventory=DEFAULT_INVENTORY, renew=False, plan=False, trust_new_hosts=False):
     """Every certificate of the cluster (subject, issuer, not-after, days left); exit 1 if one
     has expired. --renew renews them (quorum kept); --plan shows what would be renewed."""
@@ -388,6 +398,7 @@ def certs(c, inventory=DEFAULT_INVENTORY, renew=False, plan=False, trust_new_hos
             "plan": "dry run: print what would be done, change nothing",
             "drain_timeout": "seconds the drain may take (default 120)"})
 @user_errors
+@recorded
 def remove_node(c, name, inventory=DEFAULT_INVENTORY, force=False, plan=False, bundle=None,
                 drain_timeout=120, trust_new_hosts=False):
     """Take NAME out of the cluster: drain, etcd member out, reset, Node deleted, backends updated."""
@@ -418,3 +429,73 @@ def remove_node(c, name, inventory=DEFAULT_INVENTORY, force=False, plan=False, b
     print(f"{name} has left cluster {cluster.cluster_name} ({time.monotonic() - start:.1f} s). "
           f"Now delete {name} from {inventory}; `invoke cluster.plan -i {inventory}` will then "
           "show nothing to do.")
+
+
+# -- moving from kubeasz (provisioner/kubeasz.py) ----------------------------------------------
+
+@task(name="import", help={
+    "kubeasz": "kubeasz's hosts file (INI), e.g. /etc/kubeasz/clusters/NAME/hosts",
+    "output": "the YAML inventory to write (never replaces a file unless --force)",
+    "force": "replace the output file if it exists",
+    "cluster_name": "the cluster's name (default: NAME from clusters/NAME/hosts, else k8s)"})
+@user_errors
+def import_(c, kubeasz, output, force=False, cluster_name=None):
+    """Convert a kubeasz hosts file into a YAML inventory; what has no equivalent here is kept
+    in it as a comment. The result is validated like cluster.validate does."""
+    from .. import kubeasz as converter
+
+    result = converter.write(kubeasz, output, force=force, name=cluster_name)
+    roles = ", ".join(f"{len(v)} {k}" for k, v in result.nodes.items())
+    print(f"wrote {output}: {roles}; {result.comments} kubeasz setting(s) without an "
+          "equivalent kept as comments in it")
+    try:
+        cluster = inv.load(output)
+    except InvalidInventory as e:
+        raise UserError(f"{e}\n{output} was written but does not validate yet: edit it as the "
+                        "lines above say, then run `invoke cluster.validate -i "
+                        f"{output}`") from None
+    print(f"{output}: valid: {len(cluster.nodes)} host(s), {cluster.distribution} "
+          f"{cluster.kubernetes_version}, ha_mode {cluster.ha_mode}, API {cluster.api_endpoint}")
+
+
+# -- several clusters (provisioner/clusters.py) -------------------------------------------------
+
+@task(name="list", iterable=["state", "inventory"], help={
+    "state": "a state folder to look in (repeatable); default: the state folder of the default "
+             "inventory and $PROVISIONER_STATE_DIR",
+    "inventory": "look in this inventory's state folder (repeatable)"})
+@user_errors
+def list_(c, state=None, inventory=None):
+    """Every cluster in the state folder(s): name, inventory, version, nodes, last action, its
+    result and time."""
+    import os
+
+    from .. import clusters
+
+    states, inventories = list(state or []), list(inventory or [])
+    if not states and not inventories and os.path.exists(DEFAULT_INVENTORY):
+        inventories = [DEFAULT_INVENTORY]
+    bases = clusters.default_bases(inventories, states)
+    rows = [clusters.describe(d) for d in clusters.state_folders(bases)]
+    if not rows:
+        where = ", ".join(str(b) for b in bases) or "(none given: use --state DIR or -i FILE)"
+        print(f"no clusters in {where}")
+        return
+    print(clusters.table(rows))
+
+
+@task(help={"inventory": HELP["inventory"],
+            "merge": "merge into kubectl's config (-o, else the first file of $KUBECONFIG, "
+                     "else ~/.kube/config), keeping every other context",
+            "output": "file to write (default: <cluster>.kubeconfig here; with --merge see "
+                      "above)"})
+@user_errors
+def kubeconfig(c, inventory=DEFAULT_INVENTORY, merge=False, output=None):
+    """The cluster's admin kubeconfig (0600), with its context, cluster and user named after
+    the cluster; never printed."""
+    from .. import clusters
+
+    cluster = inv.load(inventory)
+    path, done = clusters.write_kubeconfig(cluster, output, merge_into=merge)
+    print(f"{done} in {path} (mode 0600); try: kubectl --kubeconfig {path} --context "
+          f"{cluster.cluster_name} get nodes")
