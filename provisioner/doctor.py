@@ -43,7 +43,7 @@ ETCD_STATUS, ETCD_ALARMS, ETCD_MEMBERS = "doctor-etcd-status", "doctor-etcd-alar
 KUBELET_LOG, SANDBOX = "doctor-kubelet-log", "doctor-sandbox-image"
 JOURNAL = "journal-"   # + unit: the last hour (doctor only)
 SYSCTLS = ("net.ipv4.ip_forward", "net.bridge.bridge-nf-call-iptables")
-DISKS = ("/", "/var/lib")
+DISKS = ("/", "/var/lib", "/var/lib/containerd", "/var/lib/etcd", "/var/log")
 PROCESSES = ("etcd", "haproxy", "keepalived", "containerd", "kubelet")
 HAPROXY_BACKEND = "kube-apiserver"
 SYSTEM_NAMESPACES = ("kube-system", "kube-flannel", "calico-system", "tigera-operator")
@@ -880,7 +880,7 @@ RULES: tuple[Rule, ...] = (
          "a system pod fails", "pod {pod} is not running", "see its state and log",
          "kubectl -n {ns} describe pod {name}; kubectl -n {ns} logs {name} --previous",
          pods_failing),
-    Rule("disk-full", ERROR, "disk", "statvfs of / and /var/lib", f"more than {DISK_LIMIT:.0f} % used",
+    Rule("disk-full", ERROR, "disk", "statvfs of /, /var/lib, /var/lib/containerd, /var/lib/etcd, /var/log", f"more than {DISK_LIMIT:.0f} % used",
          "disk of {host} almost full ({path})",
          "logs, images or etcd data filled it; the kubelet evicts pods past 90 %, etcd stops",
          SSH + " 'du -xh {path} | sort -h | tail; crictl rmi --prune; journalctl --vacuum-size=200M'",
