@@ -80,7 +80,8 @@ def extras(c: Cluster, node: Node, deep: bool = False, config_paths: Iterable[st
     more: dict = {"disks": list(DISKS), "sysctls": list(SYSCTLS), "texts": ["/etc/resolv.conf"],
                   "processes": list(PROCESSES)}
     if node in etcd.members(c) and etcd_read(c):
-        cmds[ETCD_STATUS] = etcd.etcdctl(c, node, "endpoint", "status", "-w", "json")
+        cmds[ETCD_STATUS] = {"argv": etcd.etcdctl(c, node, "endpoint", "status", "-w", "json"),
+                             "stderr": "stdout"}   # its error says why a member is down
         cmds[ETCD_ALARMS] = etcd.etcdctl(c, node, "alarm", "list")
         cmds[ETCD_MEMBERS] = etcd.etcdctl(c, node, "member", "list", "-w", "json")
     if node in c.lb_nodes and "haproxy" in c.lb_units:
@@ -329,7 +330,7 @@ class View:
         if r.get("rc") != 0:
             return None
         try:
-            s = json.loads(r["out"])[0]["Status"]
+            s = json.loads(r["out"][r["out"].index("["):])[0]["Status"]
             return {"member_id": int(s["header"]["member_id"]), "leader": int(s.get("leader") or 0),
                     "db_size": int(s.get("dbSize") or 0), "version": s.get("version", ""),
                     "errors": s.get("errors") or []}
@@ -897,8 +898,8 @@ RULES: tuple[Rule, ...] = (
          "IP forwarding is off on {host}", "pod traffic cannot leave the node",
          SSH + " 'sysctl -w net.ipv4.ip_forward=1'  # and rerun cluster.up",
          sysctl_off("net.ipv4.ip_forward")),
-    Rule("foreign-leftover", WARNING, "host", f"leftovers ({', '.join(paths.MARKER.split()[:1])} marker, "
-         "/etc/kubernetes/manifests, /var/lib/etcd/member, ...)",
+    Rule("foreign-leftover", WARNING, "host", f"the marker {paths.MARKER} and leftovers "
+         "(/etc/kubernetes/manifests, /var/lib/etcd/member, ...)",
          "leftovers of an install that is not this cluster's",
          "{host} holds leftovers of a foreign install",
          "another tool or cluster installed Kubernetes / etcd here",

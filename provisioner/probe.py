@@ -17,7 +17,8 @@ PARAMS (JSON, every key optional):
     texts      [path]               -> texts {path: text or None}; never a file holding a key
     processes  [command name]       -> processes {name: [state letter of each such process]}
     sockets    {name: {"path", "send"}} -> sockets {name: what a unix socket answered}
-    commands may carry "limit" (characters kept) and "tail" (keep the last ones).
+    commands may carry "limit" (characters kept), "tail" (keep the last ones) and "stderr":
+    "stdout" (merged into out).
 
 Each fact is guarded: a failing read leaves that fact out and adds `probe_errors[key]`, it never
 crashes the probe. Every subprocess is started at once at the beginning and collected at the end,
@@ -535,7 +536,8 @@ def command_jobs(commands: dict[str, Any], path: str = PATH) -> dict[str, Job]:
             argv, timeout = spec["argv"], float(spec.get("timeout") or COMMAND_TIMEOUT)
         else:
             argv, timeout = spec, COMMAND_TIMEOUT
-        jobs[name] = Job([str(a) for a in argv], timeout, path=path)
+        stderr = spec.get("stderr", "null") if isinstance(spec, dict) else "null"
+        jobs[name] = Job([str(a) for a in argv], timeout, stderr=stderr, path=path)
         if isinstance(spec, dict):
             jobs[name].limit = int(spec.get("limit") or OUT_LIMIT)   # type: ignore[attr-defined]
             jobs[name].tail = bool(spec.get("tail"))                 # type: ignore[attr-defined]
