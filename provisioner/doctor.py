@@ -36,7 +36,8 @@ from .runner import REDACTED, Redactor
 
 ERROR, WARNING, INFO = "error", "warning", "info"
 RANK = {ERROR: 0, WARNING: 1, INFO: 2}
-PHASES = ph.ALL + (ph.CERTS,)   # what the probe reads for: every phase's end state + certs
+# what the probe reads for: every phase's end state, and the certificate table's sources
+PHASES = ph.ALL + (ph.REISSUE_ETCD_CERTS, ph.CERTS)
 
 # probe command names (facts.commands)
 ETCD_STATUS, ETCD_ALARMS, ETCD_MEMBERS = "doctor-etcd-status", "doctor-etcd-alarms", "doctor-etcd-members"

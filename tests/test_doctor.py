@@ -288,6 +288,14 @@ def test_kube_side_unreadable_is_said_with_why():
     assert k.errors == {"events": "Error from server (Forbidden): events is forbidden"} and k.nodes
 
 
+def test_the_probe_reads_every_certificate_the_table_shows():
+    """(found in the lab: without the etcd certificates' probe, a 10-day etcd cert was missed)"""
+    for n in CLUSTER.etcd_members:
+        wanted = {c for p in doctor.PHASES if n in p.hosts(CLUSTER)
+                  for c in p.probes(CLUSTER, n).get("certs", [])}
+        assert {"/etc/etcd/pki/server.crt", "/etc/etcd/pki/peer.crt"} <= wanted
+
+
 def test_every_rule_is_one_row_with_text_for_each_column():
     ids = [r.id for r in doctor.RULES]
     assert len(ids) == len(set(ids))

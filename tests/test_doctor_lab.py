@@ -44,6 +44,7 @@ FIGURES: dict = {}
 # nodes ("Failed to send signal SIGSTOP to auxiliary processes: Input/output error")
 SIGNAL = ("python3 -c \"import os, signal; [os.kill(int(p), signal.%s) for p in os.listdir('/proc') "
           "if p.isdigit() and open('/proc/' + p + '/comm').read().strip() == 'keepalived']\"")
+READYZ_START = "systemd-run --unit=test-only-readyz python3 /run/doctor-test/readyz.py"
 INVOKE = str(Path(sys.executable).parent / "invoke")
 
 READYZ = r'''
@@ -159,7 +160,7 @@ def built(dlab, tmp_path_factory):
     put(dlab, "dcp1", "/run/doctor-test/readyz.crt", crt)
     put(dlab, "dcp1", "/run/doctor-test/readyz.key", key, "0600")
     put(dlab, "dcp1", "/run/doctor-test/readyz.py", READYZ.encode())
-    must(dlab, "dcp1", "systemd-run --unit=test-only-readyz python3 /run/doctor-test/readyz.py")
+    must(dlab, "dcp1", READYZ_START)
     put(dlab, "dcp1", "/etc/standin/kube-scenario.json", (SCENARIOS / "healthy.json").read_bytes())
     image = tiny_image(dlab.cluster.sandbox_image)
     for node in ("dcp1", "dw1"):
@@ -292,7 +293,13 @@ def test_containerd_config_broken_on_the_worker(dlab, built, tmp_path):
     text = doctor.tar_text(tarball)
     assert "+[plugins" in text and "dw1/etc/containerd/config.toml" in text   # the diff
     assert "journal-containerd" in "".join(tarfile.open(tarball).getnames())
-    actions.up(dlab.cluster, bundle_dir=str(built))   # the advised fix
+    # the advised fix (the TEST-ONLY responder holds the API port meanwhile: preflight refuses
+    # a taken 6443, so it steps aside while cluster.up runs)
+    must(dlab, "dcp1", "systemctl stop test-only-readyz")
+    try:
+        actions.up(dlab.cluster, bundle_dir=str(built))
+    finally:
+        must(dlab, "dcp1", READYZ_START)
     must(dlab, "dw1", "ctr -n k8s.io images import /run/doctor-test/pause.tar")
     healthy_again(dlab)
 
