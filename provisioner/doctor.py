@@ -1020,7 +1020,7 @@ def status_lines(view: View) -> list[str]:
             leaders.add(s["leader"])
             alarms = view.alarms(n)
             parts.append(f"{n.name} {'leader' if s['leader'] == s['member_id'] else 'follower'} "
-                         f"v{s['version']} db {s['db_size'] / (1 << 20):.1f} MiB"
+                         f"v{s['version']} db {size_text(s['db_size'])}"
                          + (f" ALARM {','.join(alarms)}" if alarms else ""))
         healthy = len(etcd_healthy(view))
         out.append(f"etcd {healthy}/{len(etcd.members(c))} healthy"
@@ -1052,6 +1052,10 @@ def status_lines(view: View) -> list[str]:
     if unread:
         out.append("could not read: " + "; ".join(unread))
     return out
+
+
+def size_text(n: int) -> str:
+    return f"{n / (1 << 20):.1f} MiB" if n >= 1 << 20 else f"{n // 1024} KiB"
 
 
 def render_findings(found: list[Finding]) -> str:
