@@ -83,8 +83,10 @@ class Run:
         if self.pool is not None:
             self.pool.close()
 
-    def probe(self, names=None) -> list[str]:
-        """Read the facts of `names` (default all); returns one line per unreachable host."""
+    def probe(self, names=None, more=None, timeout: float = 60) -> list[str]:
+        """Read the facts of `names` (default all); returns one line per unreachable host.
+        more: {host: {"commands": {...}, and facts.EXTRA_PARAMS}} read in the same round trip."""
+        more = more or {}
         names = names or [n.name for n in self.cluster.nodes]
         wanted, commands, certs = {}, {}, {}
         for name in names:
@@ -103,11 +105,14 @@ class Run:
                                for p in phase.packages})
             if packages:
                 cmds[preflight.POLICY] = ["apt-cache", "policy", *packages]
+            cmds.update((more.get(name) or {}).get("commands", {}))
             wanted[name] = sorted(files)
             commands[name] = cmds
             certs[name] = [path for path, _ in CAS] + sorted(cert_paths - {p for p, _ in CAS})
         found = host_facts.probe(self.pool, wanted, services=paths.SERVICES, hosts=names,
-                                 commands_by_host=commands, certs_by_host=certs)
+                                 commands_by_host=commands, certs_by_host=certs, timeout=timeout,
+                                 extra_by_host={h: {k: v for k, v in e.items() if k != "commands"}
+                                                for h, e in more.items()})
         self.ctx.facts.update(found)
         return [f"{h}: {f.error}" for h, f in found.items() if not f.reachable]
 

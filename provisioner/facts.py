@@ -60,6 +60,13 @@ class Facts:
     certs: dict = field(default_factory=dict)        # path -> its CERTIFICATE PEM blocks or None; never a key
     probe_errors: dict = field(default_factory=dict)  # fact or "files[PATH]", "certs[PATH]" -> why it is missing
     sudo_fix: str = ""                # the user is not root and sudo failed: how to fix it (error says why)
+    # read only when asked (cluster.status / cluster.doctor: provisioner/doctor.py)
+    mem_available_mb: int = 0
+    disks: dict = field(default_factory=dict)        # path -> {"total_mb", "used_pct"} or None
+    sysctls: dict = field(default_factory=dict)      # name -> value or None
+    texts: dict = field(default_factory=dict)        # path -> text or None (never a key)
+    processes: dict = field(default_factory=dict)    # command name -> [state letters]
+    sockets: dict = field(default_factory=dict)      # name -> what the unix socket answered, or None
 
     @classmethod
     def from_dict(cls, host: str, data: dict) -> "Facts":
@@ -103,8 +110,12 @@ def probe_source() -> str:
     return resources.files(__package__).joinpath(PROBE_MODULE).read_text(encoding="utf-8")
 
 
+EXTRA_PARAMS = ("disks", "sysctls", "texts", "processes", "sockets")
+
+
 def params_for(paths: Iterable[str] = (), services=SERVICES, binaries=BINARIES,
-               commands: Mapping[str, Any] | None = None, certs: Iterable[str] = ()) -> dict:
+               commands: Mapping[str, Any] | None = None, certs: Iterable[str] = (),
+               extra: Mapping[str, Any] | None = None) -> dict:
     """The JSON parameters of probe.py for one host. commands: {name: [argv...]}, or
     {name: {"argv": [...], "timeout": seconds}} for another timeout than probe.COMMAND_TIMEOUT."""
     cmds = {}
@@ -113,8 +124,13 @@ def params_for(paths: Iterable[str] = (), services=SERVICES, binaries=BINARIES,
         if isinstance(spec["argv"], str) or not spec["argv"]:
             raise ValueError(f"command {name!r}: argv must be a non-empty list (no shell)")
         cmds[str(name)] = {**spec, "argv": [str(a) for a in spec["argv"]]}
-    return {"paths": list(paths), "services": list(services), "binaries": list(binaries),
-            "leftovers": list(LEFTOVERS), "marker": MARKER, "commands": cmds, "certs": list(certs)}
+    params = {"paths": list(paths), "services": list(services), "binaries": list(binaries),
+              "leftovers": list(LEFTOVERS), "marker": MARKER, "commands": cmds, "certs": list(certs)}
+    for key, value in (extra or {}).items():
+        if key not in EXTRA_PARAMS:
+            raise ValueError(f"probe parameter {key!r}: not one of {', '.join(EXTRA_PARAMS)}")
+        params[key] = value
+    return params
 
 
 def command_for(params: dict) -> tuple[str, str]:
@@ -142,19 +158,23 @@ def __getattr__(name: str) -> Any:
 def probe(pool, paths_by_host: Mapping[str, Iterable[str]] | None = None, services=SERVICES,
           binaries=BINARIES, hosts: Iterable[str] | None = None, timeout: float = 60,
           commands_by_host: Mapping[str, Mapping[str, Any]] | None = None,
-          certs_by_host: Mapping[str, Iterable[str]] | None = None) -> dict[str, "Facts"]:
+          certs_by_host: Mapping[str, Iterable[str]] | None = None,
+          extra_by_host: Mapping[str, Mapping[str, Any]] | None = None) -> dict[str, "Facts"]:
     """Facts of every host of `pool` (or `hosts`), one command per host, all in parallel.
 
     paths_by_host {host: [path]} -> files, stats; certs_by_host {host: [path]} -> certs;
     commands_by_host {host: {name: [argv...]}} -> commands (no shell; each with a 10 s timeout,
     or {name: {"argv": [...], "timeout": s}}; keep it well below `timeout`, which bounds the whole
-    probe of a host). Hosts without an entry get empty dicts."""
+    probe of a host); extra_by_host {host: {disks, sysctls, texts, processes, sockets}}. Hosts
+    without an entry get empty dicts."""
     paths_by_host, commands_by_host, certs_by_host = paths_by_host or {}, commands_by_host or {}, certs_by_host or {}
+    extra_by_host = extra_by_host or {}
     names = list(pool.nodes) if hosts is None else list(hosts)
     cmd, stdin = {}, {}
     for n in names:
         cmd[n], stdin[n] = command_for(params_for(paths_by_host.get(n, []), services, binaries,
-                                                  commands_by_host.get(n), certs_by_host.get(n, [])))
+                                                  commands_by_host.get(n), certs_by_host.get(n, []),
+                                                  extra_by_host.get(n)))
     results = pool.run(cmd, hosts=names, stdin=stdin, timeout=timeout)
     facts = {}
     sudo_failed = getattr(pool, "sudo_errors", {})
@@ -179,7 +199,7 @@ def probe(pool, paths_by_host: Mapping[str, Iterable[str]] | None = None, servic
         # when the answer arrived (off by one-way latency, milliseconds on a LAN)
         data["controller_clock"] = r.started + r.seconds
         data["seconds"] = r.seconds
-        for key in ("services", "started", "files", "stats", "certs", "commands"):
+        for key in ("services", "started", "files", "stats", "certs", "commands") + EXTRA_PARAMS:
             data[key] = data.get(key) or {}
         facts[name] = Facts.from_dict(name, data)
     return facts

@@ -35,6 +35,9 @@ ETCD_DATA = "/var/lib/etcd"
 ETCD_CLIENT_PORT = 2379
 ETCD_PEER_PORT = 2380
 
+# haproxy: read-only stats (`show stat`), read by cluster.status / cluster.doctor
+HAPROXY_STATS_SOCKET = "/run/haproxy-stats.sock"
+
 # the provisioner's own
 BIN_DIR = "/usr/local/bin"
 CNI_BIN_DIR = "/opt/cni/bin"

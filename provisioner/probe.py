@@ -12,6 +12,13 @@ PARAMS (JSON, every key optional):
     commands   {name: {"argv": [..], "timeout": s}} -> commands {name: {"rc", "out"}}
     leftovers  [path]               -> leftovers {path: present}
     marker     path                 -> marker (its JSON, None when absent)
+    disks      [path]               -> disks {path: {total_mb, used_pct} or None}
+    sysctls    [name]               -> sysctls {name: value or None} (/proc/sys)
+    texts      [path]               -> texts {path: text or None}; never a file holding a key
+    processes  [command name]       -> processes {name: [state letter of each such process]}
+    sockets    {name: {"path", "send"}} -> sockets {name: what a unix socket answered}
+    commands may carry "limit" (characters kept), "tail" (keep the last ones) and "stderr":
+    "stdout" (merged into out).
 
 Each fact is guarded: a failing read leaves that fact out and adds `probe_errors[key]`, it never
 crashes the probe. Every subprocess is started at once at the beginning and collected at the end,
@@ -202,6 +209,13 @@ def cpus() -> int | None:
 def mem_mb(meminfo: str) -> int | None:
     for line in meminfo.splitlines():
         if line.startswith("MemTotal:"):
+            return int(line.split()[1]) // 1024
+    return None
+
+
+def available_mb(meminfo: str) -> int | None:
+    for line in meminfo.splitlines():
+        if line.startswith("MemAvailable:"):
             return int(line.split()[1]) // 1024
     return None
 
@@ -522,12 +536,21 @@ def command_jobs(commands: dict[str, Any], path: str = PATH) -> dict[str, Job]:
             argv, timeout = spec["argv"], float(spec.get("timeout") or COMMAND_TIMEOUT)
         else:
             argv, timeout = spec, COMMAND_TIMEOUT
-        jobs[name] = Job([str(a) for a in argv], timeout, path=path)
+        stderr = spec.get("stderr", "null") if isinstance(spec, dict) else "null"
+        jobs[name] = Job([str(a) for a in argv], timeout, stderr=stderr, path=path)
+        if isinstance(spec, dict):
+            jobs[name].limit = int(spec.get("limit") or OUT_LIMIT)   # type: ignore[attr-defined]
+            jobs[name].tail = bool(spec.get("tail"))                 # type: ignore[attr-defined]
     return jobs
 
 
 def commands_from(jobs: dict[str, Job]) -> dict[str, dict[str, Any]]:
-    return {name: {"rc": j.rc, "out": "" if j.missing else j.text.strip()[:OUT_LIMIT]} for name, j in jobs.items()}
+    out = {}
+    for name, j in jobs.items():
+        limit = getattr(j, "limit", OUT_LIMIT)
+        text = "" if j.missing else j.text.strip()
+        out[name] = {"rc": j.rc, "out": text[-limit:] if getattr(j, "tail", False) else text[:limit]}
+    return out
 
 
 def commands(spec: dict[str, Any], path: str = PATH) -> dict[str, dict[str, Any]]:
@@ -572,6 +595,105 @@ def marker(path: str) -> dict[str, Any] | None:
     return value if isinstance(value, dict) else {"invalid": True}
 
 
+def disk_usage(paths: list[str]) -> dict[str, dict[str, Any] | None]:
+    """Size and use of the file system holding each path, as df counts it (reserved blocks
+    are used); None when the path is missing."""
+    res: dict[str, dict[str, Any] | None] = {}
+    for p in paths:
+        try:
+            st = os.statvfs(p)
+        except MISSING:
+            res[p] = None
+            continue
+        used = st.f_blocks - st.f_bfree
+        usable = used + st.f_bavail
+        res[p] = {"total_mb": st.f_blocks * st.f_frsize // (1 << 20),
+                  "used_pct": round(100.0 * used / usable, 1) if usable else 0.0}
+    return res
+
+
+def sysctl_values(names: list[str]) -> dict[str, str | None]:
+    res: dict[str, str | None] = {}
+    for n in names:
+        try:
+            res[n] = read("/proc/sys/" + n.replace(".", "/")).strip()
+        except OSError:
+            res[n] = None
+    return res
+
+
+TEXT_LIMIT = 256 * 1024
+
+
+def texts(paths: list[str]) -> tuple[dict[str, str | None], dict[str, str]]:
+    """Text of small files (configs); a file holding a private key is never sent."""
+    res: dict[str, str | None] = {}
+    errors: dict[str, str] = {}
+    for p in paths:
+        res[p] = None
+        try:
+            with os.fdopen(_open_regular(p), "rb") as f:
+                data = f.read(TEXT_LIMIT + 1)
+        except MISSING:
+            continue
+        except (OSError, ValueError) as e:
+            errors["texts[%s]" % p] = describe(e)
+            continue
+        if len(data) > TEXT_LIMIT:
+            errors["texts[%s]" % p] = "larger than %d bytes: not read" % TEXT_LIMIT
+        elif b"PRIVATE KEY" in data:
+            errors["texts[%s]" % p] = "holds a PRIVATE KEY: not sent"
+        else:
+            res[p] = data.decode("utf-8", "replace")
+    return res, errors
+
+
+def process_states(names: list[str], proc: str = "/proc") -> dict[str, list[str]]:
+    """{command name: [state letter (R, S, D, T stopped, Z ...) of each process]}."""
+    res: dict[str, list[str]] = {n: [] for n in names}
+    for pid in os.listdir(proc):
+        if not pid.isdigit():
+            continue
+        try:
+            stat_line = read("%s/%s/stat" % (proc, pid))
+        except OSError:
+            continue
+        comm = stat_line[stat_line.find("(") + 1:stat_line.rfind(")")]
+        if comm in res:
+            res[comm].append(stat_line[stat_line.rfind(")") + 2:][:1])
+    return res
+
+
+def unix_ask(path: str, send: str, timeout: float = 5.0) -> str:
+    """What a unix stream socket answers to `send` (e.g. haproxy's stats socket)."""
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.settimeout(timeout)
+    try:
+        s.connect(path)
+        s.sendall(send.encode())
+        chunks = []
+        while sum(map(len, chunks)) < READ_LIMIT:
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            chunks.append(chunk)
+    finally:
+        s.close()
+    return b"".join(chunks).decode("utf-8", "replace")
+
+
+def sockets(spec: dict[str, Any]) -> tuple[dict[str, str | None], dict[str, str]]:
+    res: dict[str, str | None] = {}
+    errors: dict[str, str] = {}
+    for name, ask in spec.items():
+        res[name] = None
+        try:
+            res[name] = unix_ask(ask["path"], ask.get("send", ""))
+        except Exception as e:
+            errors["sockets[%s]" % name] = describe(e)
+    return res, errors
+
+
 def probe(params: dict[str, Any]) -> dict[str, Any]:
     """Every fact, as one JSON-ready dict."""
     out: dict[str, Any] = {}
@@ -614,6 +736,19 @@ def probe(params: dict[str, Any]) -> dict[str, Any]:
     guard(out, "kernel_features", kernel_features)
     guard(out, "leftovers", lambda: leftovers(list(params.get("leftovers", []))))
     guard(out, "marker", lambda: marker(params.get("marker", "/etc/provisioner/cluster.json")))
+    guard(out, "mem_available_mb", lambda: available_mb(read("/proc/meminfo")))
+    if params.get("disks"):
+        guard(out, "disks", lambda: disk_usage(list(params["disks"])))
+    if params.get("sysctls"):
+        guard(out, "sysctls", lambda: sysctl_values(list(params["sysctls"])))
+    if params.get("processes"):
+        guard(out, "processes", lambda: process_states(list(params["processes"])))
+    for key, fn in (("texts", texts), ("sockets", sockets)):
+        if params.get(key):
+            guard(out, key, lambda fn=fn, key=key: fn(params[key]))
+            if key in out:
+                out[key], more = out[key]
+                errors.update(more)
 
     guard(out, "jobs", lambda: finish(jobs))
     out.pop("jobs", None)

@@ -26,6 +26,7 @@ from typing import Mapping
 
 import jinja2
 
+from . import paths
 from .model import Cluster, Node
 
 TEMPLATES = Path(__file__).resolve().parent / "templates"
@@ -155,6 +156,7 @@ GLOBALS = {
     "FLANNEL_IMAGE": FLANNEL_IMAGE,
     "FLANNEL_CNI_IMAGE": FLANNEL_CNI_IMAGE,
     "CRI_SOCKET": CRI_SOCKET,
+    "HAPROXY_STATS_SOCKET": paths.HAPROXY_STATS_SOCKET,
 }
 
 

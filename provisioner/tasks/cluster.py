@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 from invoke import task
 
 from .. import inventory as inv
-from .. import actions, paths
+from .. import actions
 from ..errors import InvalidInventory, UserError
 from ..model import ROLE_GROUPS
 from . import DEFAULT_INVENTORY, recorded, user_errors
@@ -123,25 +124,48 @@ def up(c, inventory=DEFAULT_INVENTORY, bundle=None, from_=None, trust_new_hosts=
     print(f"cluster {cluster.cluster_name} converged ({n} change(s))")
 
 
-@task(help=helps("inventory"))
+@task(help=helps("inventory", "trust_new_hosts"))
 @user_errors
 @recorded
-def status(c, inventory=DEFAULT_INVENTORY):
-    """Per host: reachable, roles, and the state of every cluster service."""
-    from rich.console import Console
-    from rich.table import Table
+def status(c, inventory=DEFAULT_INVENTORY, trust_new_hosts=False):
+    """One screen: per host reachable, roles, units; VIP holder, haproxy backends, etcd
+    members, nearest certificate expiry, and nodes, failing system pods, DaemonSets (kubectl)."""
+    from .. import doctor
+
+    view, _ = doctor.read(load(inventory), trust_new=trust_new_hosts)
+    print("\n".join(doctor.status_lines(view)))
 
 
+@task(help={**helps("inventory", "trust_new_hosts"),
+            "out": "folder for the bug-report tarball (default: the cluster's state folder, "
+                   "state/<cluster>/doctor)"})
+@user_errors
+@recorded
+def doctor(c, inventory=DEFAULT_INVENTORY, out=None, trust_new_hosts=False):
+    """Every check: findings ranked error / warning / info with evidence, likely cause and fix,
+    and a bug-report tarball (secrets redacted). Exit 0 healthy, 1 warnings, 2 errors."""
+    import time
+
+    from invoke import Exit
+
+    from .. import doctor as doc
+    from ..state import State
+
+    start = time.monotonic()
     cluster = load(inventory)
-    facts = actions.status(cluster)
-    table = Table(title=f"cluster {cluster.cluster_name}")
-    for col in ("host", "address", "roles") + paths.SERVICES:
-        table.add_column(col)
-    for n in cluster.nodes:
-        services = facts[n.name].services
-        table.add_row(n.name, n.address, ",".join(n.roles),
-                      *(services.get(u, {}).get("active", "-") for u in paths.SERVICES))
-    Console().print(table)
+    view, extra = doc.read(cluster, deep=True, trust_new=trust_new_hosts)
+    found = doc.findings(view, inventory=str(inventory))
+    status = doc.status_lines(view)
+    target = doc.bundle(view, found, extra, Path(out) if out else State(cluster).dir / "doctor",
+                        status)
+    print("\n".join(status))
+    print()
+    print(doc.render_findings(found))
+    print(f"bug report: {target} ({target.stat().st_size // 1024} KiB, secrets redacted); "
+          f"{time.monotonic() - start:.1f} s")
+    code = doc.exit_code(found)
+    if code:
+        raise Exit(code=code)
 
 
 @task(help=helps("inventory"))

@@ -14,6 +14,8 @@ k3s stand-in recorded on it (state.py):
 - `-n kube-public get configmap cluster-info -o name` (after bootstrap-token),
   `-n kube-system get daemonset/kube-proxy deployment/coredns -o name` (after addon),
   `-n kube-system get pod etcd-NAME -o name` (a stacked etcd member on this node).
+- with a test's scenario file (/etc/standin/kube-scenario.json, tools/scenario.py): lists of
+  nodes, pods, DaemonSets and events as JSON, `logs` and `describe pod`, replayed from it.
 - `label node NAME k=v k- [--overwrite]`, `taint node NAME k=v:Effect k:Effect- [--overwrite]`:
   any NAME (the stand-in cannot know the cluster's other nodes), recorded per node name.
 
@@ -49,6 +51,22 @@ def main(tool: Tool, argv: list[str], log: str = "kubectl") -> int:
         return 0
     if args[0] == "apply":
         return apply(tool, argv, opts, args[1:], log)
+    if args[0] in ("get", "logs", "describe"):
+        from . import scenario
+
+        def up() -> None:
+            check_kubeconfig(tool, opts)
+            if not state.node_view(tool)["api_up"]:
+                refused(tool, opts, not_reachable_reason(tool))
+
+        try:
+            replayed = scenario.answer(tool, opts, args, up)
+        except Failed as e:
+            tool.record(argv, "error: " + str(e).splitlines()[0], log=log)
+            raise
+        if replayed:
+            tool.record(argv, "replayed " + scenario.SCENARIO, log=log)
+            return 0
     if args[0] in ("get", "label", "taint", "drain", "cordon", "uncordon", "delete"):
         from . import nodes
 
