@@ -15,7 +15,7 @@ import copy
 import pytest
 import yaml
 
-from provisioner import actions, removal
+from provisioner import actions, paths, removal
 from provisioner.model import LOCAL_PROXY_PORT
 from tests.conftest import REPO, booted_lab, lab_cluster
 
@@ -52,7 +52,7 @@ def work(result):
 def backends(lab, node) -> dict[str, str]:
     """name -> address of the API backends, as the running haproxy reports them."""
     out = sh(lab, node, "python3 -c \"import socket; s = socket.socket(socket.AF_UNIX); "
-             "s.connect('/run/haproxy/admin.sock'); s.sendall(b'show servers state "
+             f"s.connect('{paths.HAPROXY_STATS_SOCKET}'); s.sendall(b'show servers state "
              "kube-apiserver\\n'); print(s.makefile().read())\"")
     rows = [line.split() for line in out.splitlines()[2:] if line.strip()]
     return {row[3]: row[4] for row in rows}
