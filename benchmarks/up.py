@@ -1,8 +1,9 @@
-"""Wall time of `cluster.up` on lab nodes, per phase, and of the no-op rerun.
+"""Wall time of `cluster.up` on lab nodes, per phase, of the no-op rerun, and of
+`cluster.doctor` (with its bug-report tarball's size) on the converged cluster.
 
     sudo .venv/bin/python benchmarks/up.py [COUNTS...]        # default: 3 6 12 30
 
-Each size is a generated inventory on its own bridge (k8slab7, 10.90.7.0/24): 3 control planes
+Each size is a generated inventory on its own bridge (k8slab10, 10.90.10.0/24): 3 control planes
 that also run the external etcd, then (from 6 nodes on) a haproxy + keepalived pair and workers.
 The kube phases run against the test-only stand-ins (tests/standins): their times measure the
 provisioner's own path (push, ordering, guards), not a real kubeadm. For the comparison with
@@ -21,22 +22,22 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from provisioner import actions, inventory  # noqa: E402
+from provisioner import actions, doctor, inventory  # noqa: E402
 from provisioner.lab import nspawn  # noqa: E402
 from tests.standins import make_standin_bundle  # noqa: E402
 
 
 def write_inventory(folder: Path, count: int) -> Path:
-    cps = [f"        c{i}: {{ansible_host: 10.90.7.{10 + i}}}" for i in (1, 2, 3)]
+    cps = [f"        c{i}: {{ansible_host: 10.90.10.{10 + i}}}" for i in (1, 2, 3)]
     etcd = [f"        c{i}:" for i in (1, 2, 3)]
     lbs = workers = []
     if count >= 6:
-        lbs = [f"        l{i}: {{ansible_host: 10.90.7.{i + 1}, keepalived_priority: {200 - i}}}"
+        lbs = [f"        l{i}: {{ansible_host: 10.90.10.{i + 1}, keepalived_priority: {200 - i}}}"
                for i in (1, 2)]
-        workers = [f"        w{i:02d}: {{ansible_host: 10.90.7.{100 + i}}}"
+        workers = [f"        w{i:02d}: {{ansible_host: 10.90.10.{100 + i}}}"
                    for i in range(1, count - 4)]
     # several kubeadm control planes need a VIP: the haproxy pair from 6 nodes on, else kube-vip
-    ha = ("haproxy" if lbs else "kube-vip") + "\n    api_vip: 10.90.7.250\n    vip_interface: host0"
+    ha = ("haproxy" if lbs else "kube-vip") + "\n    api_vip: 10.90.10.250\n    vip_interface: host0"
     groups = {"control_plane": cps, "etcd": etcd, "loadbalancers": lbs, "workers": workers}
     children = "".join(f"    {g}:\n      hosts:\n" + "\n".join(h) + "\n"
                        for g, h in groups.items() if h)
@@ -45,8 +46,8 @@ def write_inventory(folder: Path, count: int) -> Path:
   vars:
     cluster_name: up{count}
     ha_mode: {ha}
-    lab_bridge: k8slab7
-    lab_bridge_address: 10.90.7.1/24
+    lab_bridge: k8slab10
+    lab_bridge_address: 10.90.10.1/24
     ansible_user: root
     ansible_ssh_private_key_file: {folder}/id_ed25519
   children:
@@ -87,7 +88,13 @@ def measure(count: int, folder: Path) -> dict:
         again = actions.up(cluster, bundle_dir=str(bundle))
         rerun = time.monotonic() - rerun_start
         assert not any(w for _, w in again), "the rerun changed something"
+        doctor_start = time.monotonic()
+        view, extra = doctor.read(cluster, deep=True)
+        found = doctor.findings(view, inventory=cluster.source)
+        tarball = doctor.bundle(view, found, extra, folder / f"doctor{count}",
+                                doctor.status_lines(view))
         return {"nodes": count, "up": end - start, "rerun": rerun,
+                "doctor": time.monotonic() - doctor_start, "tarball": tarball.stat().st_size,
                 "prepare+etcd": sum(phases.get(p, 0) for p in ("prepare", "etcd")),
                 "phases": phases}
     finally:
@@ -105,11 +112,13 @@ def main(counts: list[int]) -> None:
             rows.append(row)
             slow = sorted(row["phases"].items(), key=lambda kv: -kv[1])[:4]
             print(f"{count:>3} nodes: up {row['up']:6.1f} s  no-op rerun {row['rerun']:5.1f} s  "
-                  f"prepare+etcd {row['prepare+etcd']:6.1f} s  slowest: "
+                  f"prepare+etcd {row['prepare+etcd']:6.1f} s  doctor {row['doctor']:5.1f} s "
+                  f"({row['tarball'] // 1024} KiB)  slowest: "
                   + ", ".join(f"{k} {v:.1f}" for k, v in slow), flush=True)
-    print("\nnodes | cluster.up (s) | no-op rerun (s) | prepare+etcd (s)")
+    print("\nnodes | cluster.up (s) | no-op rerun (s) | prepare+etcd (s) | doctor (s) | tarball")
     for r in rows:
-        print(f"{r['nodes']:>5} | {r['up']:14.1f} | {r['rerun']:15.1f} | {r['prepare+etcd']:16.1f}")
+        print(f"{r['nodes']:>5} | {r['up']:14.1f} | {r['rerun']:15.1f} | {r['prepare+etcd']:16.1f}"
+              f" | {r['doctor']:10.1f} | {r['tarball'] // 1024} KiB")
     print("(kube phases against test-only stand-ins; kubeasz 3.7 01.prepare+02.etcd on the same "
           "kind of nodes: 113 s for 3, 240 s for 9, rerun 68 s)")
 
