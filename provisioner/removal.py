@@ -108,10 +108,10 @@ def refusals(ctx: ph.Context, target: Node) -> list[str]:
         if len(c.control_planes) == 1:
             out.append(f"{target.name} is the last control plane: the cluster would have no API "
                        "server (use cluster.reset to take the whole cluster down)")
-        elif target == c.first_control_plane:
-            out.append(f"{target.name} is the first control plane (the others joined through it "
-                       f"and it holds {paths.KUBEADM_INIT}): removing it is not supported yet; "
-                       "remove another control plane")
+        elif target == c.first_control_plane and c.is_k3s:
+            out.append(f"{target.name} is the first k3s server (it started the embedded etcd "
+                       "with cluster-init and the others joined through it): removing it is not "
+                       "supported yet; remove another server")
         elif not c.external_etcd:
             # stacked etcd (kubeadm) or k3s embedded etcd: one member per control plane
             others = [n for n in c.control_planes if n != target]

@@ -33,7 +33,10 @@ CASES = [  # (id, cluster, host, [(host, failing probe command)], refusal or Non
     ("etcd-member-itself-stopped", LAB, "cp3", [("cp3", HEALTH)], None),  # replacing a dead one
     ("last-control-plane", SINGLE, SINGLE.control_planes[0].name, [],
      "is the last control plane"),
-    ("first-control-plane", LAB, "cp1", [], "is the first control plane"),
+    ("first-control-plane", LAB, "cp1", [], None),  # cp2 becomes the first
+    ("first-stacked-quorum", STACKED, STACKED.control_planes[0].name,
+     [(STACKED.control_planes[1].name, kube.API)], "could lose quorum"),
+    ("first-k3s-server", K3S, K3S.control_planes[0].name, [], "is the first k3s server"),
     ("load-balancer", LAB, "lb1", [], "is a load balancer"),
     ("stacked-quorum", STACKED, STACKED.control_planes[2].name,
      [(STACKED.control_planes[1].name, kube.API)], "could lose quorum"),
@@ -85,6 +88,17 @@ def test_phases_of_a_converged_cluster():
     assert got["etcd-servers"] == ["cp1", "cp2"] and got["etcd-leave"] == ["cp1"]
     assert got["loadbalancer (without cp3)"] == ["lb1", "lb2"]
     assert got["etcd (without cp3)"] == ["cp1", "cp2"]
+    for n in LAB.nodes:
+        ctx.facts[n.name].commands["node-object-cp1"] = {"rc": 0, "out": "node/cp1"}
+    for command in (kube.CLUSTER_INFO, kube.ADDONS):  # cluster-wide: cp2 sees them too
+        ctx.facts["cp2"].commands[command] = {"rc": 0, "out": "found"}
+    got = {p.title: w for p in removal.removal_phases(LAB, LAB.node("cp1"))
+           if (w := p.work(ctx))}
+    # cp2 takes the first control plane's part: kubectl runs there, it gets kubeadm-init.yaml
+    # (and uploads it); the admin kubeconfig is then fetched from it (lab test)
+    assert sorted(got["drain"]) == ["cp2"] and sorted(got["delete-node"]) == ["cp2"]
+    assert got["control-plane (without cp1)"] == {
+        "cp2": ["write /etc/kubernetes/kubeadm-init.yaml (new)"]}
 
 
 def test_drain_stand_in_checks_what_kubectl_drain_checks(tmp_path, monkeypatch, capsys):

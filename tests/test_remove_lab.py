@@ -165,8 +165,6 @@ def test_remove_worker(lab, built, tmp_path):
 def test_remove_etcd_member_then_add_it_back(lab, built, tmp_path):
     rest = without(lab, tmp_path, "w1")
     old = members(lab)
-    with pytest.raises(UserError, match="first control plane"):
-        removal.remove_node(rest, "cp1", bundle_dir=built, dry_run=True)
     start = time.monotonic()
     did = work(removal.remove_node(rest, "cp3", bundle_dir=built))
     TIMES["control plane + etcd member"] = time.monotonic() - start
@@ -204,4 +202,29 @@ def test_remove_etcd_member_then_add_it_back(lab, built, tmp_path):
     assert all(healthy(lab, n) for n in ("cp1", "cp2", "cp3"))
     assert "initial-cluster-state: existing" in sh(lab, "cp3", "cat /etc/etcd/etcd.conf.yml")
     assert work(actions.up(rest, bundle_dir=built)) == {}
+
+
+def test_remove_the_first_control_plane(lab, built, tmp_path):
+    """cp2 takes the first control plane's part: kubectl, kubeadm-init.yaml (uploaded to the
+    cluster), the admin kubeconfig."""
+    rest = without(lab, tmp_path, "w1")
+    start = time.monotonic()
+    did = work(removal.remove_node(rest, "cp1", bundle_dir=built))
+    TIMES["first control plane + etcd member"] = time.monotonic() - start
+    assert list(did["drain"]) == list(did["delete-node"]) == ["cp2"]
+    assert list(did["control-plane (without cp1)"]) == ["cp2"]
+    assert set(members(lab, via="cp2")) == {"cp2", "cp3"}
+    assert healthy(lab, "cp2") and healthy(lab, "cp3")
+    init = sh(lab, "cp2", "cat /etc/kubernetes/kubeadm-init.yaml")
+    assert "10.90.3.12:2379" in init and "10.90.3.11:2379" not in init
+    uploads = [e["argv"] for e in map(json.loads, sh(
+        lab, "cp2", "cat /var/log/standin/kubeadm.jsonl").splitlines())
+        if e["argv"][:3] == ["init", "phase", "upload-config"] and e.get("result") == "ok"]
+    assert uploads, "cp2 never uploaded the cluster configuration"
+    for lb in ("lb1", "lb2"):
+        servers = sh(lab, lb, "grep -E '^ +server ' /etc/haproxy/haproxy.cfg")
+        assert [line.split()[1] for line in servers.splitlines()] == ["cp2", "cp3"]
+    assert lab.run("cp1", "systemctl is-active etcd kubelet")[1].split() == ["inactive"] * 2
+    edited = without(lab, tmp_path, "w1", "cp1")
+    assert work(actions.up(edited, bundle_dir=built, dry_run=True)) == {}
     print("\nremove-node wall time:", {k: f"{v:.1f} s" for k, v in TIMES.items()})

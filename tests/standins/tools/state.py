@@ -145,10 +145,14 @@ def kubeadm_view(tool: Tool) -> dict:
     # nodeRegistration.taints: a control plane gets them from mark-control-plane, a worker's
     # kubelet registers with them
     taints = (s.get("taints") or []) if (marked or (registered and not control_plane)) else []
+    # cluster-wide objects: a node's join discovery read cluster-info, and the provisioner joins
+    # only a cluster whose init finished (addons in place), so a joined node sees both too
+    joined = "preflight" in join
     return {"node": s.get("node"), "control_plane": control_plane, "api_up": api_up,
             "reachable": reachable, "registered": registered, "etcd_member": etcd_member,
-            "marked": marked, "cluster_info": "bootstrap-token" in done,
-            "addons": "addon" in done, "labels": s.get("labels") or {}, "taints": taints}
+            "marked": marked, "cluster_info": "bootstrap-token" in done or joined,
+            "addons": "addon" in done or joined, "labels": s.get("labels") or {},
+            "taints": taints}
 
 
 def k3s_view(tool: Tool) -> dict:
