@@ -15,6 +15,7 @@ file does not change again."""
 from __future__ import annotations
 
 import json
+import time
 
 from .. import paths
 from ..render import template
@@ -23,6 +24,7 @@ from .base import Item, Phase, service_running
 HEALTH = "etcd-health"
 MEMBERS = "etcd-members"
 SAYS_EXISTING = "etcd-config-existing"
+MEMBER_ADD_WAIT = 60  # seconds etcd may call the cluster unhealthy after a restart
 
 
 def etcdctl(node, *args: str) -> list[str]:
@@ -140,7 +142,15 @@ class Etcd(Phase):
             if run.progress is not None:
                 run.progress.step(node.name, self.title, f"etcdctl member add (via {via.name})")
             argv = etcdctl(via, "member", "add", node.name, f"--peer-urls={peer_url(node)}")
-            res = run.pool.run(" ".join(argv), hosts=[via.name])[via.name]
+            deadline = time.monotonic() + MEMBER_ADD_WAIT
+            while True:
+                res = run.pool.run(" ".join(argv), hosts=[via.name])[via.name]
+                # etcd refuses a member add until every member has been connected for 5 s
+                # (its strict reconfiguration check), e.g. right after the rolling restart
+                if res.rc == 0 or "unhealthy cluster" not in (res.stderr or "") \
+                        or time.monotonic() > deadline:
+                    break
+                time.sleep(2)
             if res.rc != 0:
                 raise PhaseFailed(f"{node.name}: etcdctl member add on {via.name} failed: "
                                   f"{(res.error or res.stderr).strip()[-300:]}")
