@@ -75,7 +75,9 @@ class Rest(ph.Phase):
         return self.inner.work(self.view(ctx))
 
     def run(self, run, nodes):
-        self.inner.run(dataclasses.replace(run, ctx=self.view(run.ctx)), nodes)
+        view = self.view(run.ctx)  # the whole run sees the cluster without the host (its
+        # first control plane fetches the kubeconfig, renews join secrets, ...)
+        self.inner.run(dataclasses.replace(run, ctx=view, cluster=view.cluster), nodes)
 
 
 def removal_phases(cluster: Cluster, target: Node, force=False, timeout=DRAIN_TIMEOUT) -> list:
