@@ -209,7 +209,7 @@ def test_status_shows_every_host_and_its_services(fresh, with_bundle):
     assert out.returncode == 0, out.stderr
     for n in fresh.cluster.nodes:
         assert n.name in out.stdout
-    row = next(line for line in out.stdout.splitlines() if " cp1 " in line)
+    row = next(line for line in out.stdout.splitlines() if line.startswith("cp1 "))
     assert row.count("active") >= 2  # containerd and etcd on cp1
 
 
