@@ -143,7 +143,7 @@ def fetch(cluster, dest, release, **kw):
 def test_fetch_verifies_and_writes_sha256sums(tmp_path, release, cluster):
     payload = kubeadm_tree(release, cluster)
     folder, _ = fetch(cluster, tmp_path, release)
-    assert folder == tmp_path / "kubeadm-v1.32.4-linux-amd64"
+    assert folder == tmp_path / "kubeadm-v1.36.4-linux-amd64"
     for name, data in payload.items():
         assert (folder / name).read_bytes() == data, name
         assert os.access(folder / name, os.X_OK), name
@@ -181,11 +181,11 @@ def test_corrupted_download_is_rejected_and_nothing_is_kept(tmp_path, release, c
     kubeadm_tree(release, cluster, corrupt=("kubelet",))
     with pytest.raises(UserError) as err:
         fetch(cluster, tmp_path, release)
-    url = f"{release.url}/release/v1.32.4/bin/linux/amd64/kubelet"
-    good = f"#!/bin/sh\necho fake kubelet v1.32.4\n".encode()
+    url = f"{release.url}/release/v1.36.4/bin/linux/amd64/kubelet"
+    good = f"#!/bin/sh\necho fake kubelet v1.36.4\n".encode()
     msg = str(err.value)
     assert url in msg and sha(good) in msg and sha(good + b"tampered") in msg
-    folder = tmp_path / "kubeadm-v1.32.4-linux-amd64"
+    folder = tmp_path / "kubeadm-v1.36.4-linux-amd64"
     assert not (folder / "kubelet").exists() and not (folder / "kubelet.part").exists()
     assert "kubelet" not in bundles.read_sums(folder)
     # what was verified before the failure stays, listed: the next fetch resumes after it
@@ -224,7 +224,7 @@ def test_a_damaged_file_is_fetched_again(tmp_path, release, cluster):
     release.requests.clear()
     fetch(cluster, tmp_path, release)
     assert sorted(release.requests) == sorted(
-        [f"/release/v1.32.4/bin/linux/amd64/kubectl{s}" for s in ("", ".sha256")])
+        [f"/release/v1.36.4/bin/linux/amd64/kubectl{s}" for s in ("", ".sha256")])
     assert (folder / "kubectl").read_bytes() == payload["kubectl"]
 
 
@@ -245,14 +245,14 @@ def test_k3s_bundle_uses_the_k3s_release_layout(tmp_path, release):
     c = inv.load(str(ROOT / "inventories/k3s-ha.yml"))
     c = dataclasses.replace(c, download_mirror=release.url + "/k3s-io/k3s/releases/download")
     binary = b"\x7fELF fake k3s"
-    base = "/k3s-io/k3s/releases/download/v1.32.4%2Bk3s1"
+    base = "/k3s-io/k3s/releases/download/v1.36.4%2Bk3s1"
     release.files[base + "/k3s"] = binary
     release.files[base + "/sha256sum-amd64.txt"] = (
         f"{sha(b'images')}  k3s-airgap-images-amd64.tar\n{sha(binary)}  k3s\n"
         f"{sha(b'other')}  k3s-arm64\n").encode()
     folder = bundles.fetch(c, tmp_path, github_mirror=release.url, progress=lambda s: None,
                            timeout=5)
-    assert folder.name == "k3s-v1.32.4+k3s1-linux-amd64"
+    assert folder.name == "k3s-v1.36.4+k3s1-linux-amd64"
     assert (folder / "k3s").read_bytes() == binary
     assert bundles.read_sums(folder) == {"k3s": sha(binary)}
     found = bundles.locate(c, tmp_path)
@@ -260,7 +260,7 @@ def test_k3s_bundle_uses_the_k3s_release_layout(tmp_path, release):
     # the default download_mirror (dl.k8s.io) is not a k3s site: GitHub (or its mirror) is used
     plain = dataclasses.replace(c, download_mirror=bundles.DEFAULT_MIRROR)
     (art,) = bundles.artifacts(plain, github_mirror="https://gh.example")
-    assert art.url == "https://gh.example/k3s-io/k3s/releases/download/v1.32.4%2Bk3s1/k3s"
+    assert art.url == "https://gh.example/k3s-io/k3s/releases/download/v1.36.4%2Bk3s1/k3s"
     (art,) = bundles.artifacts(plain, arch="arm64")
     assert art.url.endswith("/k3s-arm64") and art.checksum_url.endswith("sha256sum-arm64.txt")
 
@@ -269,11 +269,11 @@ def test_default_urls_are_the_upstream_release_sites():
     c = inv.load(str(ROOT / "inventories/single.yml"))
     urls = [a.url for a in bundles.artifacts(c)]
     assert urls == [
-        "https://dl.k8s.io/release/v1.32.4/bin/linux/amd64/kubeadm",
-        "https://dl.k8s.io/release/v1.32.4/bin/linux/amd64/kubelet",
-        "https://dl.k8s.io/release/v1.32.4/bin/linux/amd64/kubectl",
-        "https://github.com/kubernetes-sigs/cri-tools/releases/download/v1.32.0/"
-        "crictl-v1.32.0-linux-amd64.tar.gz",
+        "https://dl.k8s.io/release/v1.36.4/bin/linux/amd64/kubeadm",
+        "https://dl.k8s.io/release/v1.36.4/bin/linux/amd64/kubelet",
+        "https://dl.k8s.io/release/v1.36.4/bin/linux/amd64/kubectl",
+        "https://github.com/kubernetes-sigs/cri-tools/releases/download/v1.36.0/"
+        "crictl-v1.36.0-linux-amd64.tar.gz",
         "https://github.com/containernetworking/plugins/releases/download/v1.6.2/"
         "cni-plugins-linux-amd64-v1.6.2.tgz",
     ]
@@ -320,9 +320,9 @@ def test_a_named_bundle_without_the_version_is_an_error_but_no_default_bundle_is
         tmp_path, cluster, monkeypatch):
     monkeypatch.chdir(tmp_path)  # no ./bundle here
     assert bundles.locate(cluster, None) is None
-    (tmp_path / "named" / "kubeadm-v1.31.0-linux-amd64").mkdir(parents=True)
-    with pytest.raises(UserError, match="holds kubeadm-v1.31.0-linux-amd64, not "
-                                        "kubeadm-v1.32.4-linux-amd64"):
+    (tmp_path / "named" / "kubeadm-v1.35.0-linux-amd64").mkdir(parents=True)
+    with pytest.raises(UserError, match="holds kubeadm-v1.35.0-linux-amd64, not "
+                                        "kubeadm-v1.36.4-linux-amd64"):
         bundles.locate(cluster, tmp_path / "named")
 
 
@@ -353,8 +353,8 @@ def test_a_transfer_cut_short_keeps_nothing(tmp_path, release, cluster):
     finally:
         srv.shutdown()
         srv.server_close()
-    assert "/release/v1.32.4/bin/linux/amd64/kubeadm" in str(err.value)
-    assert list((tmp_path / "kubeadm-v1.32.4-linux-amd64").iterdir()) == []
+    assert "/release/v1.36.4/bin/linux/amd64/kubeadm" in str(err.value)
+    assert list((tmp_path / "kubeadm-v1.36.4-linux-amd64").iterdir()) == []
 
 
 def test_unreachable_site_says_how_to_work_offline(tmp_path, cluster):
@@ -371,11 +371,11 @@ def test_unreachable_site_says_how_to_work_offline(tmp_path, cluster):
 
 
 def test_missing_message_names_the_command_and_the_offline_way(tmp_path, cluster):
-    (tmp_path / "kubeadm-v1.31.0-linux-amd64").mkdir()
+    (tmp_path / "kubeadm-v1.35.0-linux-amd64").mkdir()
     msg = bundles.missing_message(cluster, tmp_path)
     assert f"invoke bundle.fetch -i {cluster.source}" in msg
     assert "--mirror URL" in msg and "--bundle DIR" in msg
-    assert "kubeadm-v1.31.0-linux-amd64, not kubeadm-v1.32.4-linux-amd64" in msg
+    assert "kubeadm-v1.35.0-linux-amd64, not kubeadm-v1.36.4-linux-amd64" in msg
     assert msg.startswith("stopped before the Kubernetes phases")
 
 
@@ -396,7 +396,7 @@ def test_tasks_fetch_and_verify(tmp_path, release, cluster):
     assert "8 files" in r.stdout and "verified" in r.stdout
     r = invoke("bundle.verify", "-i", str(inventory), "--bundle", str(dest))
     assert r.returncode == 0 and "all 8 files match SHA256SUMS" in r.stdout, r.stderr
-    (dest / "kubeadm-v1.32.4-linux-amd64/cni-plugins/bridge").write_bytes(b"x")
+    (dest / "kubeadm-v1.36.4-linux-amd64/cni-plugins/bridge").write_bytes(b"x")
     r = invoke("bundle.verify", "-i", str(inventory), "--bundle", str(dest))
     assert r.returncode == 2 and "cni-plugins/bridge: checksum mismatch" in r.stderr
     assert "Traceback" not in r.stderr

@@ -176,10 +176,10 @@ def test_standin_bundle_has_the_real_layout_and_verifies(tmp_path, lab_cluster):
 
 
 def test_every_tool_says_it_is_a_stand_in(kube_bundle):
-    for tool, args, version in (("kubeadm", ["version", "-o", "short"], "v1.32.4"),
-                                ("kubelet", ["--version"], "v1.32.4"),
-                                ("kubectl", ["version", "--client"], "v1.32.4"),
-                                ("crictl", ["--version"], "v1.32.0")):
+    for tool, args, version in (("kubeadm", ["version", "-o", "short"], "v1.36.4"),
+                                ("kubelet", ["--version"], "v1.36.4"),
+                                ("kubectl", ["version", "--client"], "v1.36.4"),
+                                ("crictl", ["--version"], "v1.36.0")):
         # executed directly (shebang + zip application), as systemd and Ansible run them
         out = subprocess.run([str(kube_bundle / tool), *args], capture_output=True, text=True,
                              timeout=30)
