@@ -668,3 +668,24 @@ def test_containerd_source_os_leaves_containerd_and_runc_out(cluster):
     assert {"containerd", "runc"} <= {a.component for a in bundles.artifacts(cluster)}
     assert {"containerd/containerd", "containerd/containerd-shim-runc-v2", "containerd/ctr",
             "runc"} <= set(bundles.needed(cluster))
+
+
+def test_bundle_list_names_every_artifact_and_downloads_nothing(tmp_path, release, cluster):
+    import json
+
+    r = invoke("bundle.list", "-i", str(ROOT / "inventories/single.yml"), "--json",
+               "--mirror", release.url, "--github-mirror", release.url + "/gh")
+    assert r.returncode == 0, r.stderr
+    rows = json.loads(r.stdout)
+    assert release.requests == []
+    pin = versions.pins(cluster.kubernetes_version)
+    assert [(x["name"].split(",")[0], x["version"]) for x in rows] == [
+        ("kubeadm", "v1.36.4"), ("kubelet", "v1.36.4"), ("kubectl", "v1.36.4"),
+        ("crictl", pin.crictl), ("cni-plugins/* (every executable)", pin.cni_plugins),
+        ("containerd/containerd", pin.containerd), ("runc", pin.runc)]
+    assert all(x["source"].startswith(release.url) and x["checksum"].startswith(release.url)
+               for x in rows)
+    assert rows[-1]["checksum"].endswith("/runc.sha256sum (line runc.amd64)")
+    r = invoke("bundle.list", "-i", str(ROOT / "inventories/k3s-ha.yml"))
+    assert r.returncode == 0, r.stderr
+    assert "k3s-airgap-images-amd64.tar.zst" in r.stdout and "sha256sum-amd64.txt" in r.stdout
