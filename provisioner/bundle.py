@@ -385,7 +385,9 @@ def _recorded(folder: Path) -> dict[str, str]:
 
 def missing_message(cluster: Cluster, bundle_dir: Path | str | None = None) -> str:
     """What cluster.up prints when it stops before the phases that need Kubernetes binaries."""
-    what = "k3s" if cluster.is_k3s else "kubeadm, kubelet, kubectl, crictl and the CNI plugins"
+    what = ("k3s and its airgap images" if cluster.is_k3s else
+            "kubeadm, kubelet, kubectl, crictl, the CNI plugins"
+            + (", containerd and runc" if containerd_from_bundle(cluster) else ""))
     return (f"stopped before the Kubernetes phases: {what} {cluster.kubernetes_version} are "
             f"needed and {_what_is_there(cluster, bundle_dir)}.\n"
             + how_to_supply(cluster, bundle_dir))

@@ -22,11 +22,10 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import actions, bundle as bundles, phases as ph, preflight
+from . import actions, bundle as bundles, phases as ph, preflight, versions
 from .errors import UserError
 from .model import Cluster
 from .validate import SUPPORTED_MINORS
-from . import versions
 
 UPGRADE: tuple[ph.Phase, ...] = (ph.UPGRADE_CONTROL_PLANE, ph.UPGRADE_NODES)
 VERSION = {"kubeadm": re.compile(r"v(\d+)\.(\d+)\.(\d+)"),

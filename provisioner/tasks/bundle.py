@@ -20,7 +20,7 @@ HELP = {
     "dest": "bundle folder to fetch into (default: the inventory's bundle_dir, else ./bundle)",
     "bundle": "bundle folder to check (default: the inventory's bundle_dir, else ./bundle)",
     "mirror": "base URL instead of download_mirror (dl.k8s.io layout; k3s: its release layout)",
-    "github_mirror": "base URL instead of https://github.com for crictl, CNI plugins and k3s",
+    "github_mirror": "base URL instead of https://github.com (crictl, CNI plugins, containerd, runc, k3s)",
     "arch": "CPU architecture of the nodes (amd64, arm64)",
     "json": "print the rows as JSON instead of a table",
 }
