@@ -24,8 +24,8 @@ Why these values (checked 2026-12-03; sources are public release records):
 - k3s: the newest k3s release of each minor we found published (k3s-io/k3s release notes:
   v1.35.4+k3s1, v1.36.4+k3s1, v1.37.0+k3s1 "updates Kubernetes to v1.37.0"). k3s trails
   upstream patches; bump a row when a newer +k3s1 is out.
-- crictl: cri-tools tags one release per Kubernetes minor (v1.36.0: kubernetes/kubernetes#138613,
-  2026-04; v1.37.0: 2026-09).
+- crictl: cri-tools tags one release per Kubernetes minor, vX.Y.0 with the minor (v1.36.0:
+  kubernetes/kubernetes#138613, 2026-04; v1.37.0: 2026-09; v1.35.0 with 1.35 in 2025-12).
 - CNI plugins v1.9.1 (2026-04) for every minor: it fixes GHSA-jv3w-x3r3-g6rm (fixed from v1.9.0)
   and is what k3s 1.35.3+ ships ("Bump cni plugins to v1.9.1").
 - containerd v2.3.5 (2026-09-04, security fixes) for every minor: containerd's RELEASES.md marks
@@ -34,7 +34,9 @@ Why these values (checked 2026-12-03; sources are public release records):
 - containerd_min: the Kubernetes 1.35 release notice ("Kubernetes is deprecating containerd
   v1.y support": switch to 2.0 or later before upgrading to the next version): 1.35 is the last
   minor whose kubelet runs on containerd 1.7; from 1.36 containerd 2.0 or newer is required.
-  Used only when the inventory brings the OS's containerd (containerd_source: os).
+  Used only when the inventory brings the OS's containerd (containerd_source: os). 1.7.0 and
+  2.0.0 are the floors of those lines; containerd's RELEASES.md rows for 1.35+ (which may name a
+  higher 1.7 patch) were not in the records checked.
 - runc v1.4.3 (2026-06, fixes CVE-2026-41579): containerd's release/2.3 branch moved its runc to
   v1.4.3 (containerd/containerd#13590) and kOps pairs containerd 2.3.4 with runc 1.4.3.
 - CGROUP_V2_FROM: the kubelet refuses cgroup v1 by default from 1.35 (KubeletConfiguration
