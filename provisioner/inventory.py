@@ -28,7 +28,7 @@ from typing import Any, Callable
 
 import yaml
 
-from . import ini, model
+from . import ini, model, versions
 from .errors import InvalidInventory, Problem
 
 # ---------------------------------------------------------------------------------------------
@@ -47,7 +47,7 @@ class Setting:
 SETTINGS: dict[str, Setting] = {
     "cluster_name": Setting(str, "k8s", None, "name of the cluster and of its state folder"),
     "distribution": Setting(str, "kubeadm", ("kubeadm", "k3s"), "how Kubernetes is installed"),
-    "kubernetes_version": Setting(str, None, None, "e.g. v1.32.4 (kubeadm) or v1.32.4+k3s1 (k3s)"),
+    "kubernetes_version": Setting(str, None, None, f"e.g. {versions.DEFAULT['kubeadm']} (kubeadm) or {versions.DEFAULT['k3s']} (k3s)"),
     "pod_cidr": Setting(str, "10.244.0.0/16", None, "pod network"),
     "service_cidr": Setting(str, "10.96.0.0/12", None, "service network"),
     "cluster_domain": Setting(str, "cluster.local", None, "DNS domain of services"),
@@ -621,7 +621,7 @@ def _build(doc: Located, c: _Collector) -> tuple[model.Cluster | None, Where | N
     return cluster, Where(doc, settings, tree.hosts, tree.groups)
 
 
-DEFAULT_VERSION = {"kubeadm": "v1.32.4", "k3s": "v1.32.4+k3s1"}
+DEFAULT_VERSION = versions.DEFAULT
 # kubeasz's group names: an inventory that uses them is a kubeasz hosts file to import.
 KUBEASZ_GROUPS = ("kube_master", "kube_node", "ex_lb", "kube-master", "kube-node", "ex-lb")
 

@@ -195,7 +195,7 @@ class Cluster:
 
     @property
     def version_minor(self) -> str:
-        """`v1.32.4+k3s1` -> `1.32`."""
+        """`v1.36.4+k3s1` -> `1.36`."""
         major, minor = self.kubernetes_version.lstrip("v").split(".")[:2]
         return f"{major}.{minor}"
 

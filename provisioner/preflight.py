@@ -63,8 +63,6 @@ def owners(cluster: Cluster) -> dict[int, tuple[set[str], set[str]]]:
         10250: ({"kubelet"} | K3S_PROCS, K8S_SERVICES),
         10257: ({"kube-controller"} | K3S_PROCS, {"kubelet", "k3s"}),  # comm is cut at 15 chars
         10259: ({"kube-scheduler"} | K3S_PROCS, {"kubelet", "k3s"}),
-        179: ({"bird", "bird6"}, K8S_SERVICES),
-        5473: ({"calico-typha"}, K8S_SERVICES),
     }
 
 
@@ -85,8 +83,6 @@ def ports_for(cluster: Cluster, node: Node) -> list[int]:
         ports.append(cluster.endpoint_port)
     if kube:
         ports.append(10250)
-        if cluster.cni == "calico":
-            ports += [179, 5473]
     return sorted(set(ports))
 
 

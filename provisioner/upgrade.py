@@ -22,7 +22,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import actions, bundle as bundles, phases as ph, preflight
+from . import actions, bundle as bundles, phases as ph, preflight, versions
 from .errors import UserError
 from .model import Cluster
 from .validate import SUPPORTED_MINORS
@@ -38,7 +38,7 @@ KUBELET_MAX_OLDER = 3  # version skew policy: a kubelet may be up to 3 minors ol
 def parse(version: str, distribution: str = "kubeadm") -> tuple[int, ...]:
     m = VERSION[distribution].fullmatch(str(version or ""))
     if not m:
-        example = "v1.33.1" if distribution == "kubeadm" else "v1.33.1+k3s1"
+        example = versions.DEFAULT[distribution]
         raise UserError(f"--to {version}: not a {distribution} version (write it like "
                         f"{example})")
     return tuple(int(x) for x in m.groups())

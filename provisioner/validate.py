@@ -27,6 +27,7 @@ from collections import Counter
 from typing import Iterable
 from urllib.parse import urlparse
 
+from . import versions
 from .errors import Problem
 from .model import CONTROL_PLANE, ETCD, LOADBALANCERS, WORKERS, Cluster, Node
 
@@ -36,13 +37,13 @@ IFNAME = re.compile(r"^[A-Za-z0-9][-A-Za-z0-9_.@]{0,14}$")
 TAINT = re.compile(r"^(?P<key>[^=:\s]+)(=(?P<value>[^:\s]*))?:(?P<effect>\S+)$")
 TAINT_EFFECTS = ("NoSchedule", "PreferNoSchedule", "NoExecute")
 
-# Minor versions whose kubeadm speaks v1beta4 (1.31+) and that the provisioner was checked with.
-SUPPORTED_MINORS = ("1.31", "1.32", "1.33", "1.34")
+# The supported minors and their pins live in one table (provisioner/versions.py).
+SUPPORTED_MINORS = versions.SUPPORTED
 VERSION = {
     "kubeadm": re.compile(r"^v1\.(0|[1-9]\d*)\.(0|[1-9]\d*)$"),
     "k3s": re.compile(r"^v1\.(0|[1-9]\d*)\.(0|[1-9]\d*)\+k3s[1-9]\d*$"),
 }
-VERSION_EXAMPLE = {"kubeadm": "v1.32.4", "k3s": "v1.32.4+k3s1"}
+VERSION_EXAMPLE = versions.DEFAULT
 
 # Ports of the components besides the API server (kubelet, controller-manager, scheduler, etcd,
 # kube-proxy's health and metrics ports, the kubelet's health port).
@@ -212,7 +213,8 @@ def check_version(cluster: Cluster, where) -> Iterable[Problem]:
     if m:
         if f"1.{m.group(1)}" not in SUPPORTED_MINORS:
             yield problem(where, "kubernetes_version", f"{version} is not supported",
-                          "use a 1.31 to 1.34 release; they speak kubeadm config API v1beta4")
+                          f"use a {versions.supported_range()} release (e.g. "
+                          f"{VERSION_EXAMPLE[dist]}); see the version table in README.md")
         return
     if VERSION[other].match(version):
         plain = version.split("+")[0]
@@ -229,6 +231,16 @@ def check_version(cluster: Cluster, where) -> Iterable[Problem]:
     else:
         yield problem(where, "kubernetes_version", f"{version!r} is not a {dist} version",
                       f"write it like {VERSION_EXAMPLE[dist]}")
+
+
+def check_cni(cluster: Cluster, where) -> Iterable[Problem]:
+    """Calico needs its tigera-operator (CRDs, the operator Deployment) applied before its
+    Installation resource; neither is in the bundle yet, so a Calico cluster would never get a
+    pod network. Refused rather than half-built."""
+    if cluster.cni == "calico":
+        yield problem(where, "cni", "calico is not available yet: its tigera-operator is not in "
+                      "the offline bundle, so only half of Calico could be applied",
+                      "use cni: flannel (the default)")
 
 
 def check_cluster_name(cluster: Cluster, where) -> Iterable[Problem]:
@@ -802,6 +814,7 @@ def _kubelet_refuses(key: str) -> bool:
 
 CHECKS = [
     check_version,
+    check_cni,
     check_cluster_name,
     check_cluster_domain,
     check_host_names,

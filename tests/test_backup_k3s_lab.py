@@ -41,7 +41,7 @@ def test_k3s_backup_through_etcd_snapshot_save(k3s_lab):
     meta = snapshots.read_metadata(path.with_suffix(".json"))
     assert meta["distribution"] == "k3s" and meta["etcd"] == "k3s"
     assert meta["member"]["name"] == "bk1" and meta["revision"] is None
-    assert "v1.32.4+k3s1" in meta["etcd_version"]
+    assert "v1.36.4+k3s1" in meta["etcd_version"]
     assert [m["name"] for m in meta["members"]] == ["bk1", "bk2", "bk3"]
     assert meta["sha256"] == snapshots.sha256_file(path)
     rc, out, _ = k3s_lab.run("bk1", "cat /var/log/standin/k3s.jsonl")

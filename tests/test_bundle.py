@@ -22,6 +22,7 @@ import pytest
 
 from provisioner import bundle as bundles
 from provisioner import inventory as inv
+from provisioner import versions
 from provisioner.errors import UserError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -84,7 +85,8 @@ class Release:
 def kubeadm_tree(rel: Release, cluster, prefix="", gh="/gh", corrupt=()) -> dict[str, bytes]:
     """Publish what a kubeadm cluster needs under prefix (dl.k8s.io) and gh (github.com)."""
     v = cluster.kubernetes_version
-    crictl, cni = bundles.pinned(cluster)
+    pin = versions.pins(v)
+    crictl, cni = pin.crictl, pin.cni_plugins
     payload = {}
     for b in ("kubeadm", "kubelet", "kubectl"):
         data = f"#!/bin/sh\necho fake {b} {v}\n".encode()
@@ -100,6 +102,22 @@ def kubeadm_tree(rel: Release, cluster, prefix="", gh="/gh", corrupt=()) -> dict
     rel.add(f"{gh}/containernetworking/plugins/releases/download/{cni}/"
             f"cni-plugins-linux-{ARCH}-{cni}.tgz", tgz(plugins), line=True)
     payload.update({"cni-plugins/" + k[2:]: d for k, (d, m) in plugins.items() if m & 0o111})
+    ctd = pin.containerd.lstrip("v")
+    tarball = f"containerd-{ctd}-linux-{ARCH}.tar.gz"
+    members = {f"bin/{b}": (f"\x7fELF fake {b} {ctd}".encode(), 0o755)
+               for b in ("containerd", "containerd-shim-runc-v2", "ctr", "containerd-stress")}
+    data = tgz(members)
+    base = f"{gh}/containerd/containerd/releases/download/{pin.containerd}/{tarball}"
+    rel.files[base] = data
+    rel.files[base + ".sha256sum"] = f"{sha(data)}  {tarball}\n".encode()
+    payload.update({f"containerd/{b}": members[f"bin/{b}"][0]
+                    for b in ("containerd", "containerd-shim-runc-v2", "ctr")})
+    runc = b"\x7fELF fake runc"
+    base = f"{gh}/opencontainers/runc/releases/download/{pin.runc}"
+    rel.files[f"{base}/runc.{ARCH}"] = runc
+    rel.files[f"{base}/runc.sha256sum"] = (f"{sha(b'arm')}  runc.arm64\n"
+                                           f"{sha(runc)}  runc.{ARCH}\n").encode()
+    payload["runc"] = runc
     return payload
 
 
@@ -143,7 +161,7 @@ def fetch(cluster, dest, release, **kw):
 def test_fetch_verifies_and_writes_sha256sums(tmp_path, release, cluster):
     payload = kubeadm_tree(release, cluster)
     folder, _ = fetch(cluster, tmp_path, release)
-    assert folder == tmp_path / "kubeadm-v1.32.4-linux-amd64"
+    assert folder == tmp_path / "kubeadm-v1.36.4-linux-amd64"
     for name, data in payload.items():
         assert (folder / name).read_bytes() == data, name
         assert os.access(folder / name, os.X_OK), name
@@ -181,11 +199,11 @@ def test_corrupted_download_is_rejected_and_nothing_is_kept(tmp_path, release, c
     kubeadm_tree(release, cluster, corrupt=("kubelet",))
     with pytest.raises(UserError) as err:
         fetch(cluster, tmp_path, release)
-    url = f"{release.url}/release/v1.32.4/bin/linux/amd64/kubelet"
-    good = f"#!/bin/sh\necho fake kubelet v1.32.4\n".encode()
+    url = f"{release.url}/release/v1.36.4/bin/linux/amd64/kubelet"
+    good = f"#!/bin/sh\necho fake kubelet v1.36.4\n".encode()
     msg = str(err.value)
     assert url in msg and sha(good) in msg and sha(good + b"tampered") in msg
-    folder = tmp_path / "kubeadm-v1.32.4-linux-amd64"
+    folder = tmp_path / "kubeadm-v1.36.4-linux-amd64"
     assert not (folder / "kubelet").exists() and not (folder / "kubelet.part").exists()
     assert "kubelet" not in bundles.read_sums(folder)
     # what was verified before the failure stays, listed: the next fetch resumes after it
@@ -196,16 +214,19 @@ def test_second_fetch_downloads_nothing(tmp_path, release, cluster):
     kubeadm_tree(release, cluster)
     fetch(cluster, tmp_path, release)
     first = len(release.requests)
-    assert first == 10  # 5 files, 5 checksums
+    assert first == 14  # 7 downloads, 7 checksums
     release.requests.clear()
+    folder = tmp_path / "kubeadm-v1.36.4-linux-amd64"
+    before = {p: p.stat().st_mtime_ns for p in folder.rglob("*")}
     _, lines = fetch(cluster, tmp_path, release)
     assert release.requests == []
-    assert all("present and verified" in line for line in lines) and len(lines) == 5
+    assert all("present and verified" in line for line in lines) and len(lines) == 7
+    assert {p: p.stat().st_mtime_ns for p in folder.rglob("*")} == before  # nothing rewritten
 
 
 def test_interrupted_fetch_resumes_with_what_is_missing(tmp_path, release, cluster):
     kubeadm_tree(release, cluster)
-    crictl, cni = bundles.pinned(cluster)
+    cni = versions.pins(cluster.kubernetes_version).cni_plugins
     tarball = f"/gh/containernetworking/plugins/releases/download/{cni}/" \
               f"cni-plugins-linux-amd64-{cni}.tgz"
     saved = release.files.pop(tarball)
@@ -214,7 +235,13 @@ def test_interrupted_fetch_resumes_with_what_is_missing(tmp_path, release, clust
     release.files[tarball] = saved
     release.requests.clear()
     fetch(cluster, tmp_path, release)
-    assert sorted(release.requests) == sorted([tarball, tarball + ".sha256"])
+    pin = versions.pins(cluster.kubernetes_version)
+    ctd = f"/gh/containerd/containerd/releases/download/{pin.containerd}/" \
+          f"containerd-{pin.containerd[1:]}-linux-amd64.tar.gz"
+    runc = f"/gh/opencontainers/runc/releases/download/{pin.runc}/runc."
+    assert sorted(release.requests) == sorted([tarball, tarball + ".sha256", ctd,
+                                               ctd + ".sha256sum", runc + "amd64",
+                                               runc + "sha256sum"])
 
 
 def test_a_damaged_file_is_fetched_again(tmp_path, release, cluster):
@@ -224,7 +251,7 @@ def test_a_damaged_file_is_fetched_again(tmp_path, release, cluster):
     release.requests.clear()
     fetch(cluster, tmp_path, release)
     assert sorted(release.requests) == sorted(
-        [f"/release/v1.32.4/bin/linux/amd64/kubectl{s}" for s in ("", ".sha256")])
+        [f"/release/v1.36.4/bin/linux/amd64/kubectl{s}" for s in ("", ".sha256")])
     assert (folder / "kubectl").read_bytes() == payload["kubectl"]
 
 
@@ -232,10 +259,10 @@ def test_mirrors_change_every_url(tmp_path, release, cluster):
     kubeadm_tree(release, cluster, prefix="/k8s-mirror", gh="/github-mirror")
     fetch(cluster, tmp_path, release, mirror=release.url + "/k8s-mirror",
           github_mirror=release.url + "/github-mirror")
-    assert len(release.requests) == 10
+    assert len(release.requests) == 14
     assert all(p.startswith(("/k8s-mirror/release/", "/github-mirror/")) for p in
                release.requests), release.requests
-    assert sum(p.startswith("/github-mirror/") for p in release.requests) == 4
+    assert sum(p.startswith("/github-mirror/") for p in release.requests) == 8
     # without the mirror the inventory's download_mirror is used: the tree is not there
     with pytest.raises(UserError, match=r"HTTP 404.*--mirror"):
         fetch(cluster, tmp_path / "other", release)
@@ -244,40 +271,57 @@ def test_mirrors_change_every_url(tmp_path, release, cluster):
 def test_k3s_bundle_uses_the_k3s_release_layout(tmp_path, release):
     c = inv.load(str(ROOT / "inventories/k3s-ha.yml"))
     c = dataclasses.replace(c, download_mirror=release.url + "/k3s-io/k3s/releases/download")
-    binary = b"\x7fELF fake k3s"
-    base = "/k3s-io/k3s/releases/download/v1.32.4%2Bk3s1"
+    binary, images = b"\x7fELF fake k3s", b"(zstd) fake images"
+    base = "/k3s-io/k3s/releases/download/v1.36.4%2Bk3s1"
     release.files[base + "/k3s"] = binary
+    release.files[base + "/k3s-airgap-images-amd64.tar.zst"] = images
     release.files[base + "/sha256sum-amd64.txt"] = (
         f"{sha(b'images')}  k3s-airgap-images-amd64.tar\n{sha(binary)}  k3s\n"
+        f"{sha(images)}  k3s-airgap-images-amd64.tar.zst\n"
         f"{sha(b'other')}  k3s-arm64\n").encode()
     folder = bundles.fetch(c, tmp_path, github_mirror=release.url, progress=lambda s: None,
                            timeout=5)
-    assert folder.name == "k3s-v1.32.4+k3s1-linux-amd64"
+    assert folder.name == "k3s-v1.36.4+k3s1-linux-amd64"
     assert (folder / "k3s").read_bytes() == binary
-    assert bundles.read_sums(folder) == {"k3s": sha(binary)}
+    airgap = "k3s-airgap-images-amd64.tar.zst"
+    assert (folder / airgap).read_bytes() == images
+    assert not os.access(folder / airgap, os.X_OK) and os.access(folder / "k3s", os.X_OK)
+    assert bundles.read_sums(folder) == {"k3s": sha(binary), airgap: sha(images)}
     found = bundles.locate(c, tmp_path)
-    assert found is not None and set(found.files) == {"k3s"}
+    assert found is not None and set(found.files) == {"k3s", airgap}
     # the default download_mirror (dl.k8s.io) is not a k3s site: GitHub (or its mirror) is used
     plain = dataclasses.replace(c, download_mirror=bundles.DEFAULT_MIRROR)
-    (art,) = bundles.artifacts(plain, github_mirror="https://gh.example")
-    assert art.url == "https://gh.example/k3s-io/k3s/releases/download/v1.32.4%2Bk3s1/k3s"
-    (art,) = bundles.artifacts(plain, arch="arm64")
+    art, img = bundles.artifacts(plain, github_mirror="https://gh.example")
+    assert art.url == "https://gh.example/k3s-io/k3s/releases/download/v1.36.4%2Bk3s1/k3s"
+    assert img.url == ("https://gh.example/k3s-io/k3s/releases/download/v1.36.4%2Bk3s1/"
+                       "k3s-airgap-images-amd64.tar.zst")
+    art, img = bundles.artifacts(plain, arch="arm64")
     assert art.url.endswith("/k3s-arm64") and art.checksum_url.endswith("sha256sum-arm64.txt")
+    assert img.url.endswith("/k3s-airgap-images-arm64.tar.zst")
+    assert img.checksum_for == "k3s-airgap-images-arm64.tar.zst"
 
 
 def test_default_urls_are_the_upstream_release_sites():
     c = inv.load(str(ROOT / "inventories/single.yml"))
     urls = [a.url for a in bundles.artifacts(c)]
     assert urls == [
-        "https://dl.k8s.io/release/v1.32.4/bin/linux/amd64/kubeadm",
-        "https://dl.k8s.io/release/v1.32.4/bin/linux/amd64/kubelet",
-        "https://dl.k8s.io/release/v1.32.4/bin/linux/amd64/kubectl",
-        "https://github.com/kubernetes-sigs/cri-tools/releases/download/v1.32.0/"
-        "crictl-v1.32.0-linux-amd64.tar.gz",
-        "https://github.com/containernetworking/plugins/releases/download/v1.6.2/"
-        "cni-plugins-linux-amd64-v1.6.2.tgz",
+        "https://dl.k8s.io/release/v1.36.4/bin/linux/amd64/kubeadm",
+        "https://dl.k8s.io/release/v1.36.4/bin/linux/amd64/kubelet",
+        "https://dl.k8s.io/release/v1.36.4/bin/linux/amd64/kubectl",
+        "https://github.com/kubernetes-sigs/cri-tools/releases/download/v1.36.0/"
+        "crictl-v1.36.0-linux-amd64.tar.gz",
+        "https://github.com/containernetworking/plugins/releases/download/v1.9.1/"
+        "cni-plugins-linux-amd64-v1.9.1.tgz",
+        "https://github.com/containerd/containerd/releases/download/v2.3.5/"
+        "containerd-2.3.5-linux-amd64.tar.gz",
+        "https://github.com/opencontainers/runc/releases/download/v1.4.3/runc.amd64",
     ]
-    with pytest.raises(UserError, match="no crictl/CNI versions pinned for 1.20"):
+    checks = [a.checksum_url for a in bundles.artifacts(c)]
+    assert checks[-2:] == [
+        "https://github.com/containerd/containerd/releases/download/v2.3.5/"
+        "containerd-2.3.5-linux-amd64.tar.gz.sha256sum",
+        "https://github.com/opencontainers/runc/releases/download/v1.4.3/runc.sha256sum"]
+    with pytest.raises(UserError, match="not a supported minor"):
         bundles.artifacts(dataclasses.replace(c, kubernetes_version="v1.20.1"))
 
 
@@ -320,9 +364,9 @@ def test_a_named_bundle_without_the_version_is_an_error_but_no_default_bundle_is
         tmp_path, cluster, monkeypatch):
     monkeypatch.chdir(tmp_path)  # no ./bundle here
     assert bundles.locate(cluster, None) is None
-    (tmp_path / "named" / "kubeadm-v1.31.0-linux-amd64").mkdir(parents=True)
-    with pytest.raises(UserError, match="holds kubeadm-v1.31.0-linux-amd64, not "
-                                        "kubeadm-v1.32.4-linux-amd64"):
+    (tmp_path / "named" / "kubeadm-v1.35.0-linux-amd64").mkdir(parents=True)
+    with pytest.raises(UserError, match="holds kubeadm-v1.35.0-linux-amd64, not "
+                                        "kubeadm-v1.36.4-linux-amd64"):
         bundles.locate(cluster, tmp_path / "named")
 
 
@@ -353,8 +397,8 @@ def test_a_transfer_cut_short_keeps_nothing(tmp_path, release, cluster):
     finally:
         srv.shutdown()
         srv.server_close()
-    assert "/release/v1.32.4/bin/linux/amd64/kubeadm" in str(err.value)
-    assert list((tmp_path / "kubeadm-v1.32.4-linux-amd64").iterdir()) == []
+    assert "/release/v1.36.4/bin/linux/amd64/kubeadm" in str(err.value)
+    assert list((tmp_path / "kubeadm-v1.36.4-linux-amd64").iterdir()) == []
 
 
 def test_unreachable_site_says_how_to_work_offline(tmp_path, cluster):
@@ -371,11 +415,11 @@ def test_unreachable_site_says_how_to_work_offline(tmp_path, cluster):
 
 
 def test_missing_message_names_the_command_and_the_offline_way(tmp_path, cluster):
-    (tmp_path / "kubeadm-v1.31.0-linux-amd64").mkdir()
+    (tmp_path / "kubeadm-v1.35.0-linux-amd64").mkdir()
     msg = bundles.missing_message(cluster, tmp_path)
     assert f"invoke bundle.fetch -i {cluster.source}" in msg
     assert "--mirror URL" in msg and "--bundle DIR" in msg
-    assert "kubeadm-v1.31.0-linux-amd64, not kubeadm-v1.32.4-linux-amd64" in msg
+    assert "kubeadm-v1.35.0-linux-amd64, not kubeadm-v1.36.4-linux-amd64" in msg
     assert msg.startswith("stopped before the Kubernetes phases")
 
 
@@ -393,10 +437,10 @@ def test_tasks_fetch_and_verify(tmp_path, release, cluster):
     r = invoke("bundle.fetch", "-i", str(inventory), "--dest", str(dest),
                "--mirror", release.url, "--github-mirror", release.url + "/gh")
     assert r.returncode == 0, r.stderr
-    assert "8 files" in r.stdout and "verified" in r.stdout
+    assert "12 files" in r.stdout and "verified" in r.stdout
     r = invoke("bundle.verify", "-i", str(inventory), "--bundle", str(dest))
-    assert r.returncode == 0 and "all 8 files match SHA256SUMS" in r.stdout, r.stderr
-    (dest / "kubeadm-v1.32.4-linux-amd64/cni-plugins/bridge").write_bytes(b"x")
+    assert r.returncode == 0 and "all 12 files match SHA256SUMS" in r.stdout, r.stderr
+    (dest / "kubeadm-v1.36.4-linux-amd64/cni-plugins/bridge").write_bytes(b"x")
     r = invoke("bundle.verify", "-i", str(inventory), "--bundle", str(dest))
     assert r.returncode == 2 and "cni-plugins/bridge: checksum mismatch" in r.stderr
     assert "Traceback" not in r.stderr
@@ -423,3 +467,225 @@ def test_fetch_accepts_a_bundle_dir_it_is_about_to_create_and_the_inventory_gith
     urls = [a.url for a in bundles.artifacts(cluster)]
     assert any(u.startswith("https://gh.mirror.internal/proxy/kubernetes-sigs/cri-tools/")
                for u in urls), urls
+
+
+# -- hardening: the bundle is data from elsewhere; nothing in it may steer where we read/write --
+
+def fetched(tmp_path, release, cluster):
+    payload = kubeadm_tree(release, cluster)
+    folder, _ = fetch(cluster, tmp_path, release)
+    return folder, payload
+
+
+def edit_sums(folder, change):
+    """Rewrite SHA256SUMS through change({name: sha}) -> {name: sha} (what an attacker can)."""
+    sums = bundles.read_sums(folder)
+    text = "".join(f"{h}  {n}\n" for n, h in change(sums).items())
+    (folder / "SHA256SUMS").write_text(text)
+
+
+@pytest.mark.parametrize("bad", [
+    "cni-plugins/../../../../etc/hostname", "/etc/hostname", "../outside", "./kubelet",
+    "cni-plugins//bridge", ".hidden", "cni-plugins/.x", "a\\b",
+])
+def test_sums_entries_must_be_plain_paths_inside_the_bundle(tmp_path, release, cluster, bad):
+    folder, _ = fetched(tmp_path, release, cluster)
+    target = Path("/etc/hostname")
+    edit_sums(folder, lambda s: {**s, bad: sha(target.read_bytes()) if target.exists()
+                                 else "0" * 64})
+    with pytest.raises(UserError, match="not a plain relative path inside the bundle") as err:
+        bundles.locate(cluster, tmp_path)
+    assert "SHA256SUMS:" in str(err.value)  # FILE:LINE
+    r = invoke("bundle.verify", "-i", str(ROOT / "inventories/single.yml"), "--bundle",
+               str(tmp_path))
+    assert r.returncode == 2 and "not a plain relative path" in r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_a_name_listed_twice_is_refused(tmp_path, release, cluster):
+    folder, _ = fetched(tmp_path, release, cluster)
+    text = (folder / "SHA256SUMS").read_text()
+    (folder / "SHA256SUMS").write_text(text + text.splitlines()[0] + "\n")
+    with pytest.raises(UserError, match="listed twice"):
+        bundles.locate(cluster, tmp_path)
+
+
+def test_a_symlinked_bundle_file_is_refused(tmp_path, release, cluster):
+    folder, _ = fetched(tmp_path, release, cluster)
+    outside = tmp_path / "outside"
+    outside.write_bytes((folder / "kubectl").read_bytes())  # same bytes, same hash
+    (folder / "kubectl").unlink()
+    (folder / "kubectl").symlink_to(outside)
+    with pytest.raises(UserError, match="kubectl: listed in SHA256SUMS but not a regular file"):
+        bundles.locate(cluster, tmp_path)
+    # a symlinked folder too: cni-plugins -> somewhere else holding the same files
+    (folder / "kubectl").unlink()
+    fetch(cluster, tmp_path, release)  # repaired
+    (folder / "cni-plugins").rename(tmp_path / "elsewhere")
+    (folder / "cni-plugins").symlink_to(tmp_path / "elsewhere")
+    with pytest.raises(UserError, match="not a regular file inside the bundle"):
+        bundles.locate(cluster, tmp_path)
+
+
+def test_a_tampered_binary_with_a_matching_sums_edit_is_refused(tmp_path, release, cluster):
+    """SHA256SUMS alone is not trusted: SOURCES.json, written at fetch time from what upstream
+    published, must agree with it."""
+    folder, payload = fetched(tmp_path, release, cluster)
+    evil = b"#!/bin/sh\necho evil\n"
+    (folder / "kubelet").write_bytes(evil)
+    edit_sums(folder, lambda s: {**s, "kubelet": sha(evil)})
+    check = subprocess.run(["sha256sum", "--strict", "-c", "SHA256SUMS"], cwd=folder,
+                           capture_output=True, text=True)
+    assert check.returncode == 0  # sha256sum alone would be fooled
+    with pytest.raises(UserError, match="kubelet: SHA256SUMS says .* but SOURCES.json records"):
+        bundles.locate(cluster, tmp_path)
+    # a file SOURCES.json never recorded is refused the same way
+    (folder / "extra").write_bytes(b"x")
+    edit_sums(folder, lambda s: {**s, "kubelet": sha(payload["kubelet"]), "extra": sha(b"x")})
+    with pytest.raises(UserError, match="extra: SHA256SUMS says .* SOURCES.json does not list"):
+        bundles.locate(cluster, tmp_path)
+    # a rerun of fetch (e.g. at the site that copied the bundle, once online) repairs it:
+    # the kubelet is downloaded again, SHA256SUMS is derived from SOURCES.json again
+    (folder / "kubelet").write_bytes(evil)
+    edit_sums(folder, lambda s: {**s, "kubelet": sha(evil)})
+    release.requests.clear()
+    fetch(cluster, tmp_path, release)
+    assert sorted(release.requests) == sorted(
+        f"/release/v1.36.4/bin/linux/amd64/kubelet{s}" for s in ("", ".sha256"))
+    assert (folder / "kubelet").read_bytes() == payload["kubelet"]
+    assert bundles.locate(cluster, tmp_path).files["kubelet"][1] == sha(payload["kubelet"])
+
+
+def test_a_bundle_without_sources_json_is_not_trusted(tmp_path, release, cluster):
+    folder, _ = fetched(tmp_path, release, cluster)
+    (folder / "SOURCES.json").unlink()
+    with pytest.raises(UserError, match="SOURCES.json: missing"):
+        bundles.locate(cluster, tmp_path)
+
+
+def test_a_non_utf8_sums_file_is_a_clear_error(tmp_path, release, cluster):
+    folder, _ = fetched(tmp_path, release, cluster)
+    (folder / "SHA256SUMS").write_bytes((folder / "SHA256SUMS").read_bytes() + b"\xff\xfe\n")
+    with pytest.raises(UserError, match=r"SHA256SUMS:13: not UTF-8"):
+        bundles.locate(cluster, tmp_path)
+
+
+def test_a_planted_part_symlink_is_never_followed(tmp_path, release, cluster):
+    """An old fetch wrote kubelet.part; someone plants kubelet.part -> a file outside. Nothing
+    outside the bundle is written, and the symlink is cleaned away, not followed."""
+    kubeadm_tree(release, cluster)
+    folder = tmp_path / "kubeadm-v1.36.4-linux-amd64"
+    folder.mkdir()
+    victim = tmp_path / "victim"
+    victim.write_text("precious\n")
+    for name in ("kubelet.part", ".kubelet.x.part", "SHA256SUMS.part", "SOURCES.json.part",
+                 ".download-crictl.tar.gz"):
+        (folder / name).symlink_to(victim)
+    (folder / "cni-plugins").symlink_to(tmp_path)  # a planted folder symlink is refused
+    with pytest.raises(UserError, match="cni-plugins: not a plain folder"):
+        fetch(cluster, tmp_path, release)
+    assert victim.read_text() == "precious\n"
+    assert not list(tmp_path.glob("bridge")) and not (tmp_path / "host-local").exists()
+    (folder / "cni-plugins").unlink()
+    fetch(cluster, tmp_path, release)
+    assert victim.read_text() == "precious\n"
+    assert not (folder / ".kubelet.x.part").is_symlink()  # removed as a leftover
+    assert bundles.locate(cluster, tmp_path) is not None
+
+
+def test_a_non_tar_archive_is_a_clear_error_and_leaves_nothing(tmp_path, release, cluster):
+    kubeadm_tree(release, cluster)
+    pin = versions.pins(cluster.kubernetes_version)
+    path = (f"/gh/containerd/containerd/releases/download/{pin.containerd}/"
+            f"containerd-{pin.containerd[1:]}-linux-amd64.tar.gz")
+    for junk in (b"<html>not found</html>", tgz({"bin/containerd": (b"x" * 5000, 0o755)})[:60]):
+        release.files[path] = junk  # published checksum matches: the mirror is broken
+        release.files[path + ".sha256sum"] = f"{sha(junk)}  {path.rsplit('/', 1)[1]}\n".encode()
+        with pytest.raises(UserError, match="not a readable tar archive"):
+            fetch(cluster, tmp_path, release)
+        folder = tmp_path / "kubeadm-v1.36.4-linux-amd64"
+        assert not (folder / "containerd").exists()
+        assert not [p for p in folder.iterdir() if p.name.startswith(".")]  # no temp left
+
+
+def test_an_archive_missing_a_containerd_binary_is_refused_whole(tmp_path, release, cluster):
+    kubeadm_tree(release, cluster)
+    pin = versions.pins(cluster.kubernetes_version)
+    path = (f"/gh/containerd/containerd/releases/download/{pin.containerd}/"
+            f"containerd-{pin.containerd[1:]}-linux-amd64.tar.gz")
+    data = tgz({"bin/containerd": (b"c", 0o755), "bin/ctr": (b"ctr", 0o755)})
+    release.files[path] = data
+    release.files[path + ".sha256sum"] = f"{sha(data)}  {path.rsplit('/', 1)[1]}\n".encode()
+    with pytest.raises(UserError, match="expected the executables containerd, "
+                                        "containerd-shim-runc-v2, ctr in the archive, found "
+                                        "containerd, ctr"):
+        fetch(cluster, tmp_path, release)
+    assert not (tmp_path / "kubeadm-v1.36.4-linux-amd64" / "containerd").exists()
+
+
+def test_a_truncated_download_without_content_length_is_refused(tmp_path, release, cluster):
+    kubeadm_tree(release, cluster)
+
+    class NoLength(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.0"  # no Content-Length: the end is the connection's end
+
+        def do_GET(self):
+            data = release.files.get(self.path)
+            if data is None:
+                self.send_error(404)
+                return
+            self.send_response(200)
+            self.end_headers()
+            cut = not self.path.endswith(".sha256")
+            self.wfile.write(data[: len(data) // 2] if cut else data)
+
+        def log_message(self, *args):
+            pass
+
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), NoLength)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{srv.server_address[1]}"
+    try:
+        with pytest.raises(UserError, match="checksum mismatch.*truncated download"):
+            bundles.fetch(cluster, tmp_path, mirror=url, github_mirror=url + "/gh",
+                          progress=lambda s: None, timeout=5)
+    finally:
+        srv.shutdown()
+        srv.server_close()
+    assert list((tmp_path / "kubeadm-v1.36.4-linux-amd64").iterdir()) == []
+
+
+def test_containerd_source_os_leaves_containerd_and_runc_out(cluster):
+    class OsContainerd:  # the inventory setting `containerd_source: os` (read with getattr)
+        containerd_source = "os"
+
+        def __getattr__(self, name):
+            return getattr(cluster, name)
+
+    names = {a.component for a in bundles.artifacts(OsContainerd())}
+    assert "containerd" not in names and "runc" not in names
+    assert not [n for n in bundles.needed(OsContainerd()) if "containerd" in n or n == "runc"]
+    assert {"containerd", "runc"} <= {a.component for a in bundles.artifacts(cluster)}
+    assert {"containerd/containerd", "containerd/containerd-shim-runc-v2", "containerd/ctr",
+            "runc"} <= set(bundles.needed(cluster))
+
+
+def test_bundle_list_names_every_artifact_and_downloads_nothing(tmp_path, release, cluster):
+    import json
+
+    r = invoke("bundle.list", "-i", str(ROOT / "inventories/single.yml"), "--json",
+               "--mirror", release.url, "--github-mirror", release.url + "/gh")
+    assert r.returncode == 0, r.stderr
+    rows = json.loads(r.stdout)
+    assert release.requests == []
+    pin = versions.pins(cluster.kubernetes_version)
+    assert [(x["name"].split(",")[0], x["version"]) for x in rows] == [
+        ("kubeadm", "v1.36.4"), ("kubelet", "v1.36.4"), ("kubectl", "v1.36.4"),
+        ("crictl", pin.crictl), ("cni-plugins/* (every executable)", pin.cni_plugins),
+        ("containerd/containerd", pin.containerd), ("runc", pin.runc)]
+    assert all(x["source"].startswith(release.url) and x["checksum"].startswith(release.url)
+               for x in rows)
+    assert rows[-1]["checksum"].endswith("/runc.sha256sum (line runc.amd64)")
+    r = invoke("bundle.list", "-i", str(ROOT / "inventories/k3s-ha.yml"))
+    assert r.returncode == 0, r.stderr
+    assert "k3s-airgap-images-amd64.tar.zst" in r.stdout and "sha256sum-amd64.txt" in r.stdout

@@ -150,7 +150,7 @@ def node(tmp_path, monkeypatch):
 def kubeadm(capsys, *argv):
     from tests.standins.tools import Tool, kubeadm as tool, run
 
-    rc = run(Tool("kubeadm", "v1.32.4"), tool.main, list(argv))
+    rc = run(Tool("kubeadm", "v1.36.4"), tool.main, list(argv))
     out = capsys.readouterr()
     return rc, out.out, out.err
 

@@ -81,12 +81,12 @@ def test_actions_record_their_end_and_list_shows_it(tmp_path):
 
     assert up(None, inventory=str(a), bundle="/srv/bundle") == "done"
     with pytest.raises(UserError):
-        upgrade(None, "v1.33.1", inventory=str(b))
+        upgrade(None, "v1.37.1", inventory=str(b))
     ra = json.loads((tmp_path / "state/alpha/last-action.json").read_text())
-    assert (ra["action"], ra["result"], ra["version"], ra["hosts"]) == ("up", "ok", "v1.32.4", 2)
+    assert (ra["action"], ra["result"], ra["version"], ra["hosts"]) == ("up", "ok", "v1.36.4", 2)
     assert ra["inventory"] == str(a) and ra["nodes"] == {"control_plane": 1, "workers": 1}
     rb = json.loads((tmp_path / "state/beta/last-action.json").read_text())
-    assert (rb["action"], rb["result"], rb["message"]) == ("upgrade --to v1.33.1", "failed",
+    assert (rb["action"], rb["result"], rb["message"]) == ("upgrade --to v1.37.1", "failed",
                                                            "w1: drain failed")
     assert mode(tmp_path / "state/beta/last-action.json") == 0o600
 
@@ -99,9 +99,9 @@ def test_actions_record_their_end_and_list_shows_it(tmp_path):
                                 "TIME"]
     rows = {ln.split()[0]: ln for ln in lines[1:]}
     assert sorted(rows) == ["alpha", "beta", "gamma"]
-    assert str(a) in rows["alpha"] and "kubeadm v1.32.4" in rows["alpha"]
+    assert str(a) in rows["alpha"] and "kubeadm v1.36.4" in rows["alpha"]
     assert "2 (1 control_plane, 1 workers)" in rows["alpha"] and ra["time"] in rows["alpha"]
-    assert "upgrade --to v1.33.1  failed: w1: drain failed" in rows["beta"]
+    assert "upgrade --to v1.37.1  failed: w1: drain failed" in rows["beta"]
     assert rows["gamma"].split()[1:] == ["-"] * 6
     r = invoke("cluster.list", "-i", str(a))  # an inventory names its state folder
     assert r.returncode == 0 and "beta" in r.stdout, r.stderr

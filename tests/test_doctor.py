@@ -132,7 +132,7 @@ def test_the_healthy_view_has_no_finding_and_status_says_so():
     assert "VIP 10.90.5.100: on dlb1" in text
     assert "haproxy dlb1: dcp1 UP" in text and "haproxy dlb2: dcp1 UP" in text
     assert "etcd 3/3 healthy: dcp1 leader v3.4.23" in text and "de2 follower" in text
-    assert "nodes cp1 Ready v1.32.4, cp2 Ready v1.32.4, w1 Ready v1.32.4" in text
+    assert "nodes cp1 Ready v1.36.4, cp2 Ready v1.36.4, w1 Ready v1.36.4" in text
     assert "system pods not Running/Ready: none" in text
     assert "kube-flannel/kube-flannel-ds 3/3" in text and "kube-system/kube-proxy 3/3" in text
 

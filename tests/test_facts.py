@@ -91,7 +91,7 @@ def test_preflight_of_the_loopback_hosts(pool, sshd_hosts, tmp_path):
     (tmp_path / "inv.yml").write_text(f"""all:
   vars:
     cluster_name: loop
-    kubernetes_version: v1.32.4
+    kubernetes_version: v1.36.4
     ansible_user: root
     ansible_ssh_private_key_file: {sshd_hosts[0].key_file}
   children:
@@ -126,7 +126,7 @@ def test_preflight_opens_probes_and_prints(sshd_hosts, tmp_path, monkeypatch):
     (tmp_path / "inv.yml").write_text(f"""all:
   vars:
     cluster_name: loop
-    kubernetes_version: v1.32.4
+    kubernetes_version: v1.36.4
     ansible_ssh_private_key_file: {sshd_hosts[0].key_file}
   children:
     control_plane: {{hosts: {{{sshd_hosts[0].name}: {{ansible_host: {sshd_hosts[0].address}, ansible_port: {sshd_hosts[0].port}}}}}}}
@@ -161,7 +161,7 @@ def test_trust_then_preflight_tasks(sshd_hosts, tmp_path, monkeypatch, capsys):
     path.write_text(f"""all:
   vars:
     cluster_name: loop
-    kubernetes_version: v1.32.4
+    kubernetes_version: v1.36.4
     ansible_ssh_private_key_file: {sshd_hosts[0].key_file}
   children:
     control_plane:

@@ -115,7 +115,7 @@ def test_all_problems_are_reported_at_once(tmp_path):
     text = (ROOT / "inventories/single.yml").read_text()
     text = text.replace("cluster_name: single", "cluster_name: Single_1")
     text = text.replace("192.168.56.21", "192.168.56.11")
-    text = text.replace("kubernetes_version: v1.32.4", "kubernetes_version: v1.32.4+k3s1")
+    text = text.replace("kubernetes_version: v1.36.4", "kubernetes_version: v1.36.4+k3s1")
     f = tmp_path / "many.yml"
     f.write_text(text)
     with pytest.raises(InvalidInventory) as e:

@@ -80,7 +80,7 @@ def test_no_kubeasz_variable_is_dropped(path, tmp_path):
 
 def test_settings_and_names(tmp_path):
     _, c = convert_and_load(DATA / "extra-vars.hosts", tmp_path)
-    assert c.cluster_name == "prod-a" and c.kubernetes_version == "v1.33.1"
+    assert c.cluster_name == "prod-a" and c.kubernetes_version == "v1.37.1"
     assert (c.pod_cidr, c.service_cidr, c.cluster_domain) == ("172.20.0.0/16", "10.68.0.0/16",
                                                               "corp.local")
     assert (c.ha_mode, c.api_vip, c.vip_interface, c.cni) == ("haproxy", "10.20.0.100", "ens3",
@@ -93,7 +93,9 @@ def test_settings_and_names(tmp_path):
     assert "CLUSTER_NETWORK=\"cilium\" (line 38): cilium is not supported here" in text
     _, c = convert_and_load(DATA / "chrony-harbor.hosts", tmp_path / "b")
     assert c.cluster_domain == "cluster.local"  # kubeasz's trailing dot dropped
-    assert c.cni == "calico" and len(c.nodes) == 4  # the harbor host is not a node
+    assert c.cni == "flannel" and len(c.nodes) == 4  # the harbor host is not a node
+    assert 'CLUSTER_NETWORK="calico" (line 31): calico is not supported here' in \
+        (tmp_path / "b/inv.yml").read_text()
     assert "#   192.168.122.188 (line 20) HARBOR_DOMAIN=" in (tmp_path / "b/inv.yml").read_text()
 
 

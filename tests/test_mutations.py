@@ -73,8 +73,8 @@ ODD_URLS = [
     "ftp://m.example.com", "m.example.com", "https://", "https://[::1]:5000", "https://m#frag",
     "https://m.example.com/ path", "https://m.example.com:0", "https://m.example.com/\"x",
 ]
-ODD_VERSIONS = ["v1.31.04", "v1.32.4", "1.32.4", "v1.32", "v1.30.9", "v1.35.0", "v1.32.4+k3s1",
-                "v1.32.4+k3s0", "v01.32.4", "v1.32.4-rc.1", "latest", "v1.33.1", "v1.34.0"]
+ODD_VERSIONS = ["v1.35.04", "v1.36.4", "1.36.4", "v1.36", "v1.34.9", "v1.39.0", "v1.36.4+k3s1",
+                "v1.36.4+k3s0", "v01.32.4", "v1.36.4-rc.1", "latest", "v1.37.1", "v1.38.0"]
 SETTING_VALUES = {
     "ansible_host": ODD_ADDRESSES, "api_vip": ODD_ADDRESSES, "pod_cidr": ODD_NETWORKS,
     "service_cidr": ODD_NETWORKS, "kubernetes_version": ODD_VERSIONS,

@@ -124,7 +124,7 @@ def test_drain_stand_in_checks_what_kubectl_drain_checks(tmp_path, monkeypatch, 
         {"namespace": "default", "name": "db", "controller": "StatefulSet", "pdbBlocks": True},
         {"namespace": "default", "name": "web", "controller": "ReplicaSet", "emptyDir": True}]}))
     drain = import_module("provisioner.phases.31_drain")
-    tool, k = Tool("kubectl", "v1.32.4"), ["--kubeconfig", "/etc/kubernetes/admin.conf"]
+    tool, k = Tool("kubectl", "v1.36.4"), ["--kubeconfig", "/etc/kubernetes/admin.conf"]
 
     def call(*args):
         capsys.readouterr()

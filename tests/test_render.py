@@ -19,7 +19,6 @@ from functools import cache
 from pathlib import Path
 
 import jinja2
-import jsonschema
 import kubernetes_validate
 import pytest
 import yaml
@@ -42,12 +41,12 @@ SECRETS = {
 
 def _variants() -> dict:
     """The example inventories, plus variants of them for what no example shows: the `local`
-    load balancing mode, k3s with Calico and mirrors, a control plane that is also a worker,
+    load balancing mode, k3s with mirrors, a control plane that is also a worker,
     node labels and taints."""
     out = {p.stem: inventory.load(p) for p in INVENTORIES}
     lab, k3s, single = out["lab"], out["k3s-ha"], out["single"]
     out["lab-local"] = dataclasses.replace(lab, ha_mode="local", api_vip=None)
-    out["k3s-calico"] = dataclasses.replace(k3s, cni="calico", ha_mode="none", api_vip=None,
+    out["k3s-mirrors"] = dataclasses.replace(k3s, ha_mode="none", api_vip=None,
                                             registry_mirrors={"docker.io": ["https://m1.test"],
                                                               "registry.k8s.io": "https://m2.test"})
     cp1, w1 = single.nodes
@@ -352,8 +351,7 @@ def validate_version(c) -> str:
 
 def is_manifest(inv, host, path):
     return path.startswith(("/etc/kubernetes/manifests/", "/etc/kubernetes/addons/",
-                            "/var/lib/rancher/k3s/agent/pod-manifests/")) \
-        and "calico" not in path
+                            "/var/lib/rancher/k3s/agent/pod-manifests/"))
 
 
 @pytest.mark.parametrize("inv,host,path", cases(is_manifest))
@@ -369,27 +367,7 @@ def test_kubernetes_validate_is_strict_enough_to_catch_a_typo():
     obj = docs("ha-kubevip", "cp1", "/etc/kubernetes/manifests/kube-vip.yaml")[0]
     obj["spec"]["containers"][0]["volumeMount"] = obj["spec"]["containers"][0].pop("volumeMounts")
     with pytest.raises(kubernetes_validate.ValidationError):
-        kubernetes_validate.validate(obj, "1.32.0", strict=True)
-
-
-CALICO = upstream("calico-installation-schema.yaml")
-
-
-@pytest.mark.parametrize("inv,host,path", cases(lambda i, h, p: "calico" in p))
-def test_calico_resources_match_the_operator_crd(inv, host, path):
-    objs = {o["kind"]: o for o in docs(inv, host, path)}
-    assert set(objs) == {"Installation", "APIServer"}
-    for kind, obj in objs.items():
-        jsonschema.validate(obj, CALICO[kind] | {"definitions": CALICO["definitions"]})
-    pool = objs["Installation"]["spec"]["calicoNetwork"]["ipPools"][0]
-    assert pool["cidr"] == cluster(inv).pod_cidr
-
-
-def test_calico_schema_rejects_an_unknown_encapsulation():
-    obj = docs("ha-kubevip", "cp1", "/etc/kubernetes/addons/calico-installation.yaml")[0]
-    obj["spec"]["calicoNetwork"]["ipPools"][0]["encapsulation"] = "GRE"
-    with pytest.raises(jsonschema.ValidationError):
-        jsonschema.validate(obj, CALICO["Installation"] | {"definitions": CALICO["definitions"]})
+        kubernetes_validate.validate(obj, "1.36.0", strict=True)
 
 
 @pytest.mark.parametrize("inv", list(CLUSTERS))
@@ -398,7 +376,7 @@ def test_cni_and_addons_follow_the_cluster(inv):
     files = rendered(inv)[c.first_control_plane.name]
     assert ("/etc/kubernetes/addons/flannel.yaml" in files) == (c.cni == "flannel"
                                                                and not c.is_k3s)
-    assert ("/etc/kubernetes/addons/calico-installation.yaml" in files) == (c.cni == "calico")
+    assert not [f for f in files if "calico" in f]  # Calico is refused by validation
     if "/etc/kubernetes/addons/flannel.yaml" in files:
         cm = next(d for d in docs(inv, c.first_control_plane.name,
                                   "/etc/kubernetes/addons/flannel.yaml")

@@ -168,7 +168,14 @@ def test_standin_bundle_has_the_real_layout_and_verifies(tmp_path, lab_cluster):
     dest = make_standin_bundle(tmp_path / "a", lab_cluster)
     found = bundles.locate(lab_cluster, dest)
     assert found is not None
-    assert set(found.files) == {"kubeadm", "kubelet", "kubectl", "crictl", "cni-plugins/README.md"}
+    assert set(found.files) == {"kubeadm", "kubelet", "kubectl", "crictl", "cni-plugins/README.md",
+                                "containerd/containerd", "containerd/containerd-shim-runc-v2",
+                                "containerd/ctr", "runc"}
+    # recorded like bundle.fetch records: SOURCES.json is what locate trusts
+    assert (dest / bundles.folder_name(lab_cluster) / "SOURCES.json").exists()
+    for name in ("containerd/containerd", "runc"):  # TEST-ONLY placeholders: they say so
+        run = subprocess.run([str(found.files[name][0])], capture_output=True, text=True)
+        assert run.returncode == 1 and "stand-in" in run.stderr and "TEST-ONLY" in run.stderr
     # deterministic: a rebuilt bundle has the same bytes, so a second `up` pushes nothing new
     again = make_standin_bundle(tmp_path / "b", lab_cluster)
     name = bundles.folder_name(lab_cluster)
@@ -176,10 +183,10 @@ def test_standin_bundle_has_the_real_layout_and_verifies(tmp_path, lab_cluster):
 
 
 def test_every_tool_says_it_is_a_stand_in(kube_bundle):
-    for tool, args, version in (("kubeadm", ["version", "-o", "short"], "v1.32.4"),
-                                ("kubelet", ["--version"], "v1.32.4"),
-                                ("kubectl", ["version", "--client"], "v1.32.4"),
-                                ("crictl", ["--version"], "v1.32.0")):
+    for tool, args, version in (("kubeadm", ["version", "-o", "short"], "v1.36.4"),
+                                ("kubelet", ["--version"], "v1.36.4"),
+                                ("kubectl", ["version", "--client"], "v1.36.4"),
+                                ("crictl", ["--version"], "v1.36.0")):
         # executed directly (shebang + zip application), as systemd and Ansible run them
         out = subprocess.run([str(kube_bundle / tool), *args], capture_output=True, text=True,
                              timeout=30)

@@ -139,7 +139,7 @@ def test_sudo_that_cannot_work_is_a_clear_preflight_error(sshd_hosts, known, sud
         found = host_facts.probe(pool)
     assert time.monotonic() - started < 15  # no prompt waiting for a terminal
     cluster = Cluster(source="x.yml", nodes=(n,), cluster_name="t", distribution="kubeadm",
-                      kubernetes_version="v1.32.4", pod_cidr="10.244.0.0/16",
+                      kubernetes_version="v1.36.4", pod_cidr="10.244.0.0/16",
                       service_cidr="10.96.0.0/12", cluster_domain="cluster.local", cni="flannel",
                       ha_mode="none", api_vip=None, api_port=6443, vip_interface="eth0",
                       registry_mirrors={}, sandbox_image="x", bundle_dir=None,

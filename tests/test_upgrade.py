@@ -19,18 +19,18 @@ def cluster(api: str, kubelet: str, workers: str | None = None) -> list:
 
 # (nodes, --to, expected fragment of a refusal or None when allowed)
 CASES = [
-    ("patch", cluster("v1.32.4", "v1.32.4"), "v1.32.9", None),
-    ("next minor", cluster("v1.32.4", "v1.32.4"), "v1.33.1", None),
-    ("skips a minor", cluster("v1.32.4", "v1.32.4"), "v1.34.0", "skips a minor"),
-    ("downgrade patch", cluster("v1.32.4", "v1.32.4"), "v1.32.1", "downgrade"),
-    ("downgrade minor", cluster("v1.33.1", "v1.33.1"), "v1.32.4", "downgrade"),
-    ("resume: API servers done", cluster("v1.33.1", "v1.32.4"), "v1.33.1", None),
-    ("resume: one worker left", cluster("v1.33.1", "v1.33.1", "v1.32.4"), "v1.33.1", None),
-    ("half done, then a skip", cluster("v1.33.1", "v1.32.4"), "v1.34.0", "skips a minor"),
-    ("half done, then back", cluster("v1.33.1", "v1.32.4"), "v1.32.4", "downgrade"),
-    ("unsupported", cluster("v1.34.1", "v1.34.1"), "v1.35.0", "not supported"),
-    ("a node without version", [N("cp1", None, "v1.32.4", True)], "v1.33.1", "no version"),
-    ("API server down", [N("cp1", "v1.32.4", None, True)], "v1.33.1", "API server reports no"),
+    ("patch", cluster("v1.36.4", "v1.36.4"), "v1.36.9", None),
+    ("next minor", cluster("v1.36.4", "v1.36.4"), "v1.37.1", None),
+    ("skips a minor", cluster("v1.35.9", "v1.35.9"), "v1.37.1", "skips a minor"),
+    ("downgrade patch", cluster("v1.36.4", "v1.36.4"), "v1.36.1", "downgrade"),
+    ("downgrade minor", cluster("v1.37.1", "v1.37.1"), "v1.36.4", "downgrade"),
+    ("resume: API servers done", cluster("v1.37.1", "v1.36.4"), "v1.37.1", None),
+    ("resume: one worker left", cluster("v1.37.1", "v1.37.1", "v1.36.4"), "v1.37.1", None),
+    ("half done, then a skip", cluster("v1.36.4", "v1.35.9"), "v1.37.1", "skips a minor"),
+    ("half done, then back", cluster("v1.37.1", "v1.36.4"), "v1.36.4", "downgrade"),
+    ("unsupported", cluster("v1.38.1", "v1.38.1"), "v1.39.0", "not supported"),
+    ("a node without version", [N("cp1", None, "v1.36.4", True)], "v1.37.1", "no version"),
+    ("API server down", [N("cp1", "v1.36.4", None, True)], "v1.37.1", "API server reports no"),
 ]
 
 
@@ -43,32 +43,33 @@ def test_version_rules(nodes, to, refused):
         assert found and any(refused in f for f in found), found
 
 
-@pytest.mark.parametrize("to", ["1.33.1", "v1.33", "v1.33.1+k3s1", "latest"])
+@pytest.mark.parametrize("to", ["1.37.1", "v1.37", "v1.37.1+k3s1", "latest"])
 def test_malformed_kubeadm_versions_are_user_errors(to):
     with pytest.raises(UserError, match="not a kubeadm version"):
-        up.refusals(cluster("v1.32.4", "v1.32.4"), to)
+        up.refusals(cluster("v1.36.4", "v1.36.4"), to)
 
 
 def test_k3s_versions():
-    nodes = [N("s1", "v1.32.4+k3s1", None, True), N("a1", "v1.32.4+k3s1")]
-    assert up.refusals(nodes, "v1.33.1+k3s1", "k3s") == []
-    assert up.refusals(nodes, "v1.32.4+k3s2", "k3s") == []
-    assert "skips a minor" in up.refusals(nodes, "v1.34.1+k3s1", "k3s")[0]
+    nodes = [N("s1", "v1.36.4+k3s1", None, True), N("a1", "v1.36.4+k3s1")]
+    assert up.refusals(nodes, "v1.37.1+k3s1", "k3s") == []
+    assert up.refusals(nodes, "v1.36.4+k3s2", "k3s") == []
+    old = [N("s1", "v1.35.4+k3s1", None, True), N("a1", "v1.35.4+k3s1")]
+    assert "skips a minor" in up.refusals(old, "v1.37.0+k3s1", "k3s")[0]
     with pytest.raises(UserError):
-        up.refusals(nodes, "v1.33.1", "k3s")
+        up.refusals(nodes, "v1.37.1", "k3s")
 
 
 SKEW = [
-    ("all old", cluster("v1.32.4", "v1.32.4"), []),
-    ("API servers first", cluster("v1.33.1", "v1.32.4"), []),
-    ("kubelet before its API server", [N("cp1", "v1.33.1", "v1.32.4", True)], ["newer"]),
+    ("all old", cluster("v1.36.4", "v1.36.4"), []),
+    ("API servers first", cluster("v1.37.1", "v1.36.4"), []),
+    ("kubelet before its API server", [N("cp1", "v1.37.1", "v1.36.4", True)], ["newer"]),
     ("kubelet newer than the oldest API server",
-     [N("cp1", "v1.33.1", "v1.33.1", True), N("cp2", "v1.32.4", "v1.32.4", True)], ["newer"]),
+     [N("cp1", "v1.37.1", "v1.37.1", True), N("cp2", "v1.36.4", "v1.36.4", True)], ["newer"]),
     ("API servers two minors apart",
-     [N("cp1", "v1.32.4", "v1.34.0", True), N("cp2", "v1.32.4", "v1.32.4", True)],
+     [N("cp1", "v1.36.4", "v1.38.0", True), N("cp2", "v1.36.4", "v1.36.4", True)],
      ["one minor"]),
-    ("kubelet four minors behind", [N("cp1", "v1.30.0", "v1.34.0", True)], ["more than 3"]),
-    ("kubelet three minors behind", [N("cp1", "v1.31.0", "v1.34.0", True)], []),
+    ("kubelet four minors behind", [N("cp1", "v1.34.0", "v1.38.0", True)], ["more than 3"]),
+    ("kubelet three minors behind", [N("cp1", "v1.35.0", "v1.38.0", True)], []),
 ]
 
 
@@ -102,4 +103,4 @@ def test_max_unavailable_below_one_is_refused():
     from tests.conftest import REPO
 
     with pytest.raises(UserError, match="max-unavailable"):
-        up.upgrade(inv.load(REPO / "tests/data/lab-upgrade.yml"), "v1.33.1", max_unavailable=0)
+        up.upgrade(inv.load(REPO / "tests/data/lab-upgrade.yml"), "v1.36.4", max_unavailable=0)

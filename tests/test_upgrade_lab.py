@@ -1,5 +1,5 @@
 """`cluster.upgrade` on booted lab nodes (tests/data/lab-upgrade.yml: 3 kubeadm control planes
-with stacked etcd behind kube-vip, 2 workers), from v1.32.4 to v1.33.1.
+with stacked etcd behind kube-vip, 2 workers), from v1.35.9 to v1.36.4.
 
 kubeadm, kubelet and kubectl are the test-only stand-ins (tests/standins): they check what the
 real tools check for an upgrade (kubeadm's version policy, drain needing --ignore-daemonsets, a
@@ -26,7 +26,7 @@ from tests.conftest import REPO, booted_lab
 pytestmark = pytest.mark.lab
 
 INVENTORY = REPO / "tests/data/lab-upgrade.yml"
-OLD, NEW = "v1.32.4", "v1.33.1"
+OLD, NEW = "v1.35.9", "v1.36.4"
 CPS, WORKERS = ("ucp1", "ucp2", "ucp3"), ("uw1", "uw2")
 FIRST, W1 = CPS[0], WORKERS[0]
 
@@ -81,11 +81,11 @@ def test_skipped_minor_and_missing_bundle_are_refused_before_any_change(built, b
     lab = built
     before = {n: lab.run(n, "sha256sum /usr/local/bin/kubelet")[1] for n in CPS + WORKERS}
     with pytest.raises(UserError, match="skips a minor"):
-        upgrades.upgrade(lab.cluster, "v1.34.0", bundle_dir=str(bundles))
+        upgrades.upgrade(lab.cluster, "v1.37.1", bundle_dir=str(bundles))
     with pytest.raises(UserError, match="downgrade"):
-        upgrades.upgrade(lab.cluster, "v1.31.2", bundle_dir=str(bundles))
-    with pytest.raises(UserError, match="bundle does not hold v1.33.2"):
-        upgrades.upgrade(lab.cluster, "v1.33.2", bundle_dir=str(bundles))
+        upgrades.upgrade(lab.cluster, "v1.35.2", bundle_dir=str(bundles))
+    with pytest.raises(UserError, match="bundle does not hold v1.36.5"):
+        upgrades.upgrade(lab.cluster, "v1.36.5", bundle_dir=str(bundles))
     assert all(not calls for calls in upgrade_calls(lab).values())
     assert {n: lab.run(n, "sha256sum /usr/local/bin/kubelet")[1] for n in before} == before
     assert not [e for e in log(lab, FIRST, "kubectl") if words(e)[:1] == ["drain"]]
@@ -126,7 +126,7 @@ def test_plan_then_sigkill_during_a_worker_then_rerun_finishes(built, bundles, t
     result = upgrades.upgrade(cluster, NEW, bundle_dir=str(bundles), max_unavailable=1)
     rerun = time.monotonic() - started
     assert set(dict((p.title, w) for p, w in result.done)["upgrade-nodes"]) >= set(WORKERS)
-    assert "set `kubernetes_version: v1.33.1`" in upgrades.summary(cluster, result)
+    assert "set `kubernetes_version: v1.36.4`" in upgrades.summary(cluster, result)
 
     # end state, read from the nodes: every version is the target, nothing cordoned
     again = upgrades.upgrade(cluster, NEW, bundle_dir=str(bundles), dry_run=True)
@@ -171,7 +171,7 @@ def test_plan_then_sigkill_during_a_worker_then_rerun_finishes(built, bundles, t
           f"{rerun:.1f} s")
 
     # plain cluster.up: the old file is refused with the next step; the edited file converges
-    with pytest.raises(UserError, match="set kubernetes_version: v1.33.1"):
+    with pytest.raises(UserError, match="set kubernetes_version: v1.36.4"):
         actions.up(cluster, bundle_dir=str(bundles))
     target = upgrades.target_cluster(cluster, NEW)
     done = {p.title: w for p, w in actions.up(target, bundle_dir=str(bundles)) if w}

@@ -1,5 +1,6 @@
 """Phase cni (the first control plane; needs the bundle) ↔ playbooks/09-cni.yml: the pod network's
-manifests (flannel, or Calico's Installation), applied when they change."""
+manifests (flannel), applied when they change. Calico is refused by validation (its operator is
+not in the bundle)."""
 
 from __future__ import annotations
 
@@ -21,9 +22,6 @@ class Cni(Phase):
         if c.cni == "flannel" and not c.is_k3s:  # k3s runs its own flannel
             yield Item(f"{paths.ADDONS}/flannel.yaml",
                        template("etc/kubernetes/addons/flannel.yaml.j2", c, node, s))
-        elif c.cni == "calico":
-            yield Item(f"{paths.ADDONS}/calico-installation.yaml",
-                       template("etc/kubernetes/addons/calico-installation.yaml.j2", c, node, s))
 
 
 PHASE = Cni()

@@ -1,7 +1,10 @@
-"""`invoke bundle.*`: fetch the Kubernetes binaries for an offline install, verify a copied bundle."""
+"""`invoke bundle.*`: list what a cluster needs, fetch it for an offline install, verify a copied
+bundle."""
 
 from __future__ import annotations
 
+import dataclasses
+import json
 from pathlib import Path
 
 from invoke import task
@@ -17,9 +20,34 @@ HELP = {
     "dest": "bundle folder to fetch into (default: the inventory's bundle_dir, else ./bundle)",
     "bundle": "bundle folder to check (default: the inventory's bundle_dir, else ./bundle)",
     "mirror": "base URL instead of download_mirror (dl.k8s.io layout; k3s: its release layout)",
-    "github_mirror": "base URL instead of https://github.com for crictl, CNI plugins and k3s",
+    "github_mirror": "base URL instead of https://github.com (crictl, CNI plugins, containerd, runc, k3s)",
     "arch": "CPU architecture of the nodes (amd64, arm64)",
+    "json": "print the rows as JSON instead of a table",
 }
+
+
+@task(name="list", help={k: HELP[k] for k in ("inventory", "mirror", "github_mirror", "arch",
+                                              "json")})
+@user_errors
+def list_(c, inventory=DEFAULT_INVENTORY, mirror=None, github_mirror=None, arch="amd64",
+          json_=False):
+    """Every artifact the cluster needs (kind, name, version, source URL, checksum source);
+    downloads nothing."""
+    cluster = inv.load(inventory, check=validate.check_for_fetch)
+    rows = bundles.rows(cluster, mirror=mirror, github_mirror=github_mirror, arch=arch)
+    if json_:
+        print(json.dumps([dataclasses.asdict(r) for r in rows], indent=1))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"{bundles.folder_name(cluster, arch)}: {len(rows)} artifacts "
+                        "(nothing downloaded)")
+    for head in ("kind", "name", "version", "source", "checksum"):
+        table.add_column(head, overflow="fold")
+    for r in rows:
+        table.add_row(r.kind, r.name, r.version, r.source, r.checksum)
+    Console(width=max(Console().width, 160)).print(table)
 
 
 @task(help={k: HELP[k] for k in ("inventory", "dest", "mirror", "github_mirror", "arch")})

@@ -335,7 +335,7 @@ def render(c, inventory=DEFAULT_INVENTORY, out=None):
 
 # -- upgrade (provisioner/upgrade.py: phases 93 upgrade-control-plane, upgrade-nodes) -----------
 
-@task(help={"to": "the Kubernetes version to upgrade to (one minor at a time, e.g. v1.33.1)",
+@task(help={"to": "the Kubernetes version to upgrade to (one minor at a time, e.g. v1.37.1)",
             "inventory": HELP["inventory"],
             "bundle": "offline bundle folder holding the target version (see bundle.fetch)",
             "max_unavailable": "workers drained and upgraded at once (default 1)",

@@ -23,6 +23,7 @@ import zipfile
 from pathlib import Path
 
 from provisioner import bundle as bundles
+from provisioner import versions
 from provisioner.model import Cluster
 
 HERE = Path(__file__).resolve().parent
@@ -66,24 +67,46 @@ def build_tool(name: str, version: str) -> bytes:
     return buf.getvalue()
 
 
+RUNTIME_STANDIN = """#!/bin/sh
+# TEST-ONLY placeholder for {name} {version} in the stand-in bundle: not {name}.
+echo "stand-in: {name} {version} is a TEST-ONLY placeholder in the stand-in bundle, not {name}" >&2
+exit 1
+"""
+
+
 def make_standin_bundle(dest: Path, cluster: Cluster, arch: str = "amd64") -> Path:
     """A bundle of stand-ins for the cluster's distribution and version under dest; returns
-    dest (what `--bundle` takes)."""
+    dest (what `--bundle` takes). Laid out and recorded (SHA256SUMS + SOURCES.json) the way
+    bundle.fetch does, with "test-only stand-in" as every source."""
     dest = Path(dest)
     folder = dest / bundles.folder_name(cluster, arch)
     folder.mkdir(parents=True, exist_ok=True)
     version = cluster.kubernetes_version
+    pin = versions.pins(version)
+    files: dict[str, bytes] = {}
     if cluster.is_k3s:
-        tools = {"k3s": version}
+        files["k3s"] = build_tool("k3s", version)
+        # TEST-ONLY: not a zstd archive of images; no test imports it
+        files[f"k3s-airgap-images-{arch}.tar.zst"] = (
+            f"stand-in: TEST-ONLY placeholder for the k3s {version} airgap images\n").encode()
     else:
-        crictl, _cni = bundles.pinned(cluster)
-        tools = {"kubeadm": version, "kubelet": version, "kubectl": version, "crictl": crictl}
-        (folder / "cni-plugins").mkdir(exist_ok=True)
-        (folder / "cni-plugins" / "README.md").write_text(CNI_README)
-    for name, v in tools.items():
+        for name, v in (("kubeadm", version), ("kubelet", version), ("kubectl", version),
+                        ("crictl", pin.crictl)):
+            files[name] = build_tool(name, v)
+        files["cni-plugins/README.md"] = CNI_README.encode()
+        if bundles.containerd_from_bundle(cluster):
+            for name in bundles.CONTAINERD_BINARIES:
+                files[f"containerd/{name}"] = RUNTIME_STANDIN.format(
+                    name=name, version=pin.containerd).encode()
+            files["runc"] = RUNTIME_STANDIN.format(name="runc", version=pin.runc).encode()
+    sources = {}
+    for name, data in files.items():
         path = folder / name
-        path.write_bytes(build_tool(name, v))
-        path.chmod(0o755)
-    names = list(tools) + ([] if cluster.is_k3s else ["cni-plugins/README.md"])
-    bundles.write_sums(folder, {n: bundles.sha256_file(folder / n) for n in names})
+        path.parent.mkdir(exist_ok=True)
+        path.write_bytes(data)
+        path.chmod(0o644 if name.endswith((".md", ".zst")) else 0o755)
+        sha = bundles.sha256_file(path)
+        sources[f"stand-in {name}"] = {"url": "test-only stand-in", "checksum_url": "-",
+                                       "sha256": sha, "files": {name: sha}}
+    bundles.write_sources(folder, sources)
     return dest
