@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from . import versions
 from .errors import UserError
 from .model import Cluster
 
@@ -91,6 +92,9 @@ def folder_name(cluster: Cluster, arch: str = "amd64") -> str:
 
 def pinned(cluster: Cluster) -> tuple[str, str]:
     """(crictl version, CNI plugins version) for the cluster's Kubernetes minor."""
+    if cluster.version_minor not in PINNED and cluster.version_minor in versions.MINORS:
+        row = versions.MINORS[cluster.version_minor]
+        return row.crictl, row.cni_plugins
     try:
         return PINNED[cluster.version_minor]
     except KeyError:

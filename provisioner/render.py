@@ -140,7 +140,14 @@ def preflight_ignores(c: Cluster, n: Node) -> list[str]:
     return out
 
 
+def containerd_config_version(c: Cluster) -> int:
+    from .runtime import config_version
+
+    return config_version(c)
+
+
 GLOBALS = {
+    "containerd_config_version": containerd_config_version,
     "apiserver_port": apiserver_port,
     "k3s_server_url": k3s_server_url,
     "vip_prefix": vip_prefix,

@@ -27,6 +27,7 @@ from collections import Counter
 from typing import Iterable
 from urllib.parse import urlparse
 
+from . import versions
 from .errors import Problem
 from .model import CONTROL_PLANE, ETCD, LOADBALANCERS, WORKERS, Cluster, Node
 
@@ -37,7 +38,7 @@ TAINT = re.compile(r"^(?P<key>[^=:\s]+)(=(?P<value>[^:\s]*))?:(?P<effect>\S+)$")
 TAINT_EFFECTS = ("NoSchedule", "PreferNoSchedule", "NoExecute")
 
 # Minor versions whose kubeadm speaks v1beta4 (1.31+) and that the provisioner was checked with.
-SUPPORTED_MINORS = ("1.31", "1.32", "1.33", "1.34")
+SUPPORTED_MINORS = ("1.31", "1.32", "1.33", "1.34", *versions.MINORS)
 VERSION = {
     "kubeadm": re.compile(r"^v1\.(0|[1-9]\d*)\.(0|[1-9]\d*)$"),
     "k3s": re.compile(r"^v1\.(0|[1-9]\d*)\.(0|[1-9]\d*)\+k3s[1-9]\d*$"),

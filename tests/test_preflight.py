@@ -150,4 +150,6 @@ def test_packages_are_checked_by_version_not_by_os_name(text, minimum, expected)
     f = SimpleNamespace(commands={preflight.POLICY: {"rc": 0, "out": text}})
     problems = preflight.package_problems(Node("n1", "10.0.0.1", ("workers",)), f, minimum)
     assert [p.message.split(" from")[0] for p in problems] == expected
-    assert all(p.level == "error" and "Debian 12" in p.fix for p in problems)
+    assert all(p.level == "error" and ("containerd_source: bundle" in p.fix
+                                       if p.message.startswith("containerd ")
+                                       else "Debian 12" in p.fix) for p in problems)
