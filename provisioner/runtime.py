@@ -53,6 +53,12 @@ def config_version(c: Cluster) -> int:
     return 2
 
 
+def cni_bin_dirs(c: Cluster) -> bool:
+    """containerd 2.1 reads the CNI plugin folders as a list (`bin_dirs`) and reports the old
+    `bin_dir` as deprecated (removed in 2.3)."""
+    return config_version(c) == 3 and versions.as_tuple(pins(c).containerd) >= (2, 1)
+
+
 def os_minimum(c: Cluster) -> dict[str, str]:
     """OS packages the runtime phase installs with containerd_source: os -> oldest version."""
     return {"containerd": pins(c).containerd_min, "runc": "1.1"}

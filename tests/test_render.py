@@ -512,7 +512,8 @@ def test_containerd_config_parses_with_the_cri_keys_we_rely_on(inv, host, path):
         assert runc["runtime_type"] == "io.containerd.runc.v2"
         assert runc["options"] == {"SystemdCgroup": True}
         assert cri["containerd"]["default_runtime_name"] == "runc"
-        assert cri["cni"] == {"bin_dir": "/opt/cni/bin", "conf_dir": "/etc/cni/net.d"}
+        # containerd 2.1+ (every pinned release) reads a list; bin_dir is deprecated there
+        assert cri["cni"] == {"bin_dirs": ["/opt/cni/bin"], "conf_dir": "/etc/cni/net.d"}
     elif path.endswith("config.toml"):  # the OS package (1.7): version 2
         assert doc["version"] == 2
         cri = doc["plugins"]["io.containerd.grpc.v1.cri"]
