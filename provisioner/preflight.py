@@ -339,8 +339,6 @@ def package_problems(node: Node, f: Facts, minimum: Mapping[str, str]) -> list[H
     out = []
     for pkg, least in sorted(minimum.items()):
         have = found.get(pkg)
-        if pkg == "containerd" and (getattr(f, "versions", None) or {}).get("containerd"):
-            continue  # the binary on the host is checked by its own version (runtime_problems)
         if have and version_tuple(have) < version_tuple(least):
             fix = (CONTAINERD_FIX.format(least=least) if pkg == "containerd" else
                    f"use Debian 12+ or Ubuntu 24.04+, or a package source with {pkg} >= {least}")

@@ -241,3 +241,19 @@ def test_editing_a_mirror_restarts_nothing(lab, bundle, first):
     assert invocation(lab) == before
     for node in NODES:  # read at the next pull, without a restart
         assert pull_went_to(lab, node, "docker.io/library/busybox:1.36") == "mirror-c.lab.test"
+
+
+def test_the_os_package_is_refused_before_any_change_when_too_old(lab, bundle, first):
+    """containerd_source os on Debian 12: the package apt would install (1.6) is older than
+    1.36 needs; nothing is changed, and the error says what to do."""
+    before = invocation(lab)
+    cluster = dataclasses.replace(lab.cluster, containerd_source="os")
+    with pytest.raises(actions.UserError) as refused:
+        up(cluster, bundle)
+    text = str(refused.value)
+    for node in NODES:
+        assert re.search(rf"{node}: packages: containerd 1\.6\.\S+ from this host's package "
+                         r"sources is older than 2\.0\.0", text), text
+    assert "containerd_source: bundle" in text and "nothing was changed" in text
+    assert invocation(lab) == before
+    assert sh(lab, "rt1", "command -v containerd").strip() == "/usr/local/bin/containerd"

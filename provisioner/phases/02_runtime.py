@@ -76,7 +76,11 @@ class Runtime(Phase):
         yield from service_running(ctx, node, runtime.UNIT)
 
     def hostvars(self, ctx, node):
-        return {"containerd_source": "bundle" if runtime.from_bundle(ctx.cluster) else "os"}
+        """With containerd_source os, what a bundle install left (an earlier run with bundle)
+        is removed first: its unit would shadow the package's."""
+        return {"containerd_source": "bundle" if runtime.from_bundle(ctx.cluster) else "os",
+                "bundle_runtime_paths": [dest for dest, _ in runtime.BUNDLE_FILES.values()]
+                + [runtime.UNIT_FILE]}
 
 
 PHASE = Runtime()
