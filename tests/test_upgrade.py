@@ -28,7 +28,7 @@ CASES = [
     ("resume: one worker left", cluster("v1.33.1", "v1.33.1", "v1.32.4"), "v1.33.1", None),
     ("half done, then a skip", cluster("v1.33.1", "v1.32.4"), "v1.34.0", "skips a minor"),
     ("half done, then back", cluster("v1.33.1", "v1.32.4"), "v1.32.4", "downgrade"),
-    ("unsupported", cluster("v1.34.1", "v1.34.1"), "v1.35.0", "not supported"),
+    ("unsupported", cluster("v1.37.1", "v1.37.1"), "v1.38.0", "not supported"),
     ("a node without version", [N("cp1", None, "v1.32.4", True)], "v1.33.1", "no version"),
     ("API server down", [N("cp1", "v1.32.4", None, True)], "v1.33.1", "API server reports no"),
 ]
