@@ -18,6 +18,7 @@ import dataclasses
 import json
 import re
 import shlex
+from pathlib import Path
 
 import pytest
 
@@ -257,3 +258,28 @@ def test_the_os_package_is_refused_before_any_change_when_too_old(lab, bundle, f
     assert "containerd_source: bundle" in text and "nothing was changed" in text
     assert invocation(lab) == before
     assert sh(lab, "rt1", "command -v containerd").strip() == "/usr/local/bin/containerd"
+
+
+def test_the_kubelet_stand_in_refuses_this_cgroup_v1_node_unless_told(lab, bundle, first):
+    """What allow_cgroup_v1 is for: the kubelet (stand-in, checking like the real one with
+    statfs) of 1.36 on a lab node, with and without the rendered failCgroupV1: false."""
+    from provisioner import bundle as bundles
+
+    kubelet = Path(bundle) / bundles.folder_name(lab.cluster) / "kubelet"
+    client = lab.connect("rt1")
+    try:
+        sftp = client.open_sftp()
+        sftp.put(str(kubelet), "/tmp/standin-kubelet")
+        for name, extra in (("default", ""), ("allowed", "failCgroupV1: false\n")):
+            with sftp.open(f"/tmp/kubelet-{name}.yaml", "w") as f:
+                f.write("apiVersion: kubelet.config.k8s.io/v1beta1\nkind: KubeletConfiguration\n"
+                        "cgroupDriver: systemd\ncontainerRuntimeEndpoint: "
+                        "unix:///run/containerd/containerd.sock\n" + extra)
+        sftp.close()
+    finally:
+        client.close()
+    rc, out, err = lab.run("rt1", "python3 /tmp/standin-kubelet --config=/tmp/kubelet-default.yaml")
+    assert rc == 1 and "kubelet is configured to not run on a host using cgroup v1" in err, err
+    rc, out, err = lab.run("rt1", "timeout 5 python3 /tmp/standin-kubelet "
+                           "--config=/tmp/kubelet-allowed.yaml")
+    assert rc == 124 and "is valid; sleeping" in out, (rc, out, err)
