@@ -289,7 +289,9 @@ def render(problems: list[HostProblem], facts: Mapping[str, Facts], console=None
         console.print(f"[red]preflight: {errors} problem(s) on {hosts} host(s)[/red]"
                       + (f"; fine: {', '.join(ok)}" if ok else ""))
     else:
-        console.print(f"[green]preflight: {len(facts)} host(s) ready[/green]")
+        warned = sum(p.level == "warning" for p in problems)
+        console.print(f"[green]preflight: {len(facts)} host(s) ready[/green]"
+                      + (f" [yellow]({warned} warning(s) above)[/yellow]" if warned else ""))
 
 
 # -- package versions: what the phases install, from the node's own package lists ---------------
