@@ -32,6 +32,8 @@ def write_inventory(folder: Path, count: int) -> Path:
     cluster_name: bench{count}
     lab_bridge: k8slab8
     lab_bridge_address: 10.90.8.1/24
+    # lab nodes sit on this machine's cgroup v1 hierarchy: kubelets >= 1.35 refuse it unless told
+    allow_cgroup_v1: true
     ansible_user: root
     ansible_ssh_private_key_file: {folder}/id_ed25519
   children:

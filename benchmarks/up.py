@@ -48,6 +48,8 @@ def write_inventory(folder: Path, count: int) -> Path:
     ha_mode: {ha}
     lab_bridge: k8slab10
     lab_bridge_address: 10.90.10.1/24
+    # lab nodes sit on this machine's cgroup v1 hierarchy: kubelets >= 1.35 refuse it unless told
+    allow_cgroup_v1: true
     ansible_user: root
     ansible_ssh_private_key_file: {folder}/id_ed25519
   children:

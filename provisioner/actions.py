@@ -15,7 +15,7 @@ from __future__ import annotations
 import hashlib
 import re
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
@@ -55,6 +55,7 @@ class Run:
     progress: object = None
     phases: tuple = UP  # the action's phases: what the probe reads for
     rerun: str = ""  # how to resume after a failed phase, when not `rerun cluster.up`
+    warnings: list = field(default_factory=list)  # preflight problems of level "warning"
 
     # -- building the context (call with the state lock held) --------------------------------
     @classmethod
@@ -102,7 +103,7 @@ class Run:
                 cmds.update(extra.get("commands", {}))
                 cert_paths.update(extra.get("certs", ()))
             packages = sorted({p for phase in self.phases if node in phase.hosts(self.cluster)
-                               for p in phase.packages})
+                               for p in phase.package_minimums(self.cluster)})
             if packages:
                 cmds[preflight.POLICY] = ["apt-cache", "policy", *packages]
             cmds.update((more.get(name) or {}).get("commands", {}))
@@ -144,17 +145,23 @@ class Run:
         for node in self.cluster.nodes:
             f = self.ctx.facts.get(node.name)
             minimum = {p: v for phase in self.phases if node in phase.hosts(self.cluster)
-                       for p, v in phase.packages.items()}
+                       for p, v in phase.package_minimums(self.cluster).items()}
             if f is not None and f.reachable and minimum:
                 problems += preflight.package_problems(node, f, minimum)
         return problems
 
     def preflight(self) -> None:
         problems = self.problems()
+        # allowed but said on every run (e.g. cgroup v1 acknowledged with allow_cgroup_v1)
+        self.warnings = [p for p in problems if p.level == "warning"]
+        for p in self.warnings:
+            if self.progress is not None:
+                self.progress.warn(f"preflight: {p}")
         if preflight.has_errors(problems):
             raise UserError("preflight found problems; nothing was changed on any host\n"
                             + preflight.report(problems))
-        refusals = self.foreign_cas() + self.version_changes() + self.fixed_changes()
+        refusals = (self.foreign_cas() + self.version_changes() + self.fixed_changes()
+                    + [r for p in self.phases if p in UP for r in p.refusals(self.ctx)])
         if refusals:
             raise UserError("refused before any change:\n" + "\n".join(refusals))
 
@@ -225,7 +232,7 @@ class Run:
 
     def apply(self, phase: ph.Phase, work: dict[str, list[str]]) -> None:
         """Do `phase` on the hosts in `work`, then require it to have nothing left there."""
-        if phase.needs_bundle and self.ctx.bundle is None:
+        if phase.requires_bundle(self.cluster) and self.ctx.bundle is None:
             raise BundleMissing(bundles.missing_message(self.cluster))
         phase.run(self, [self.cluster.node(h) for h in work])
         left = {h: p for h, p in phase.work(self.ctx).items() if h in work}
@@ -234,15 +241,25 @@ class Run:
                 f"{h}: {', '.join(p)}" for h, p in left.items()))
 
     def apply_all(self, phases, progress=None) -> list[tuple[ph.Phase, dict[str, list[str]]]]:
-        """Each phase in order on the hosts it has work on; what each did."""
-        done = []
+        """Each phase in order on the hosts it has work on; what each did. Without a bundle,
+        the phases that need one are passed over (containerd from the bundle comes before
+        etcd and the load balancers, which need none), then the run stops saying how to
+        supply it."""
+        done, skipped = [], []
         for phase in phases:
             work = phase.work(self.ctx)  # fresh: earlier phases changed the facts
+            if work and phase.requires_bundle(self.cluster) and self.ctx.bundle is None:
+                skipped.append(phase.title)
+                done.append((phase, {}))
+                continue
             if progress:
                 progress.phase(phase.title, sorted(work))
             if work:
                 self.apply(phase, work)
             done.append((phase, work))
+        if skipped:
+            raise BundleMissing(bundles.missing_message(self.cluster)
+                                + f"\n(not done without it: {', '.join(skipped)})")
         return done
 
     def converge(self, phase: ph.Phase, nodes: list[Node], serial: bool | None = None) -> None:

@@ -60,6 +60,7 @@ class Facts:
     certs: dict = field(default_factory=dict)        # path -> its CERTIFICATE PEM blocks or None; never a key
     probe_errors: dict = field(default_factory=dict)  # fact or "files[PATH]", "certs[PATH]" -> why it is missing
     sudo_fix: str = ""                # the user is not root and sudo failed: how to fix it (error says why)
+    cgroup_fs: str = ""               # file system at /sys/fs/cgroup: "cgroup2fs" (v2) or "tmpfs" (v1/hybrid)
     # read only when asked (cluster.status / cluster.doctor: provisioner/doctor.py)
     mem_available_mb: int = 0
     disks: dict = field(default_factory=dict)        # path -> {"total_mb", "used_pct"} or None
@@ -72,6 +73,11 @@ class Facts:
     def from_dict(cls, host: str, data: dict) -> "Facts":
         known = {f.name for f in fields(cls)}
         return cls(**{**{k: v for k, v in data.items() if k in known}, "host": host})
+
+    @property
+    def cgroup_v2(self) -> bool | None:
+        """True on a cgroup v2 host, False on v1 or hybrid, None when not probed."""
+        return self.cgroup_fs == "cgroup2fs" if self.cgroup_fs else None
 
     @property
     def is_systemd(self) -> bool:

@@ -65,6 +65,11 @@ SETTINGS: dict[str, Setting] = {
     "state_dir": Setting(str, "state", None, "controller folder for secrets, kubeconfig, logs"),
     "backup_keep": Setting(int, 10, None, "etcd backups kept in <state>/<cluster>/backups "
                            "(the newest; at least 1)"),
+    "containerd_source": Setting(str, "bundle", ("bundle", "os"),
+                                 "kubeadm nodes' containerd and runc: the bundle's upstream "
+                                 "release, or the OS package (checked against the minor)"),
+    "allow_cgroup_v1": Setting(bool, False, None, "run Kubernetes >= 1.35 on cgroup v1 hosts "
+                               "(the kubelet's failCgroupV1: false); preflight still reports it"),
     "lab_bridge": Setting(str, None, None, "host bridge of the built-in lab"),
     "lab_bridge_address": Setting(str, None, None, "host address on the lab bridge (CIDR)"),
 }

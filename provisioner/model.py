@@ -65,6 +65,8 @@ class Cluster:
     github_mirror: str
     state_dir: str
     backup_keep: int = 10
+    containerd_source: str = "bundle"  # kubeadm nodes: "bundle" (upstream release) or "os"
+    allow_cgroup_v1: bool = False  # kubelet failCgroupV1: false on cgroup v1 hosts (>= 1.35)
     lab_bridge: str | None = None
     lab_bridge_address: str | None = None
     k3s_token_file: str | None = None

@@ -8,10 +8,12 @@ ones say what the prepare phase will change (swap). `render` prints one table pe
 from __future__ import annotations
 
 import ipaddress
+import re
 from collections import defaultdict
 from dataclasses import dataclass
 from typing import Iterable, Mapping
 
+from . import runtime
 from .facts import Facts
 from .model import CONTROL_PLANE, ETCD, LOADBALANCERS, WORKERS, Cluster, Node
 
@@ -35,7 +37,8 @@ class HostProblem:
     check: str
     message: str
     fix: str = ""
-    level: str = "error"  # "error" stops the install; "info" is something prepare will change
+    level: str = "error"  # "error" stops the install; "warning" is allowed but said every run;
+    # "info" is something prepare will change
 
     def __str__(self) -> str:
         fix = f" ({self.fix})" if self.fix else ""
@@ -48,7 +51,8 @@ def has_errors(problems: Iterable[HostProblem]) -> bool:
 
 def report(problems: Iterable[HostProblem]) -> str:
     """Plain text, one problem a line, errors first (for a UserError message)."""
-    ordered = sorted(problems, key=lambda p: p.level != "error")
+    rank = {"error": 0, "warning": 1}
+    ordered = sorted(problems, key=lambda p: rank.get(p.level, 2))
     return "\n".join(f"{p.level}: {p}" for p in ordered)
 
 
@@ -139,6 +143,9 @@ def check_host(cluster: Cluster, node: Node, f: Facts) -> list[HostProblem]:
             add("kernel", f"kernel lacks {' and '.join(missing)}",
                 "install the kernel modules package (e.g. linux-modules-extra) or use a stock kernel")
 
+    if kube:
+        out += runtime_problems(cluster, node, f)
+
     table = owners(cluster)
     for port in ports_for(cluster, node):
         procs, services = table.get(port, (set(), set()))
@@ -168,6 +175,38 @@ def check_host(cluster: Cluster, node: Node, f: Facts) -> list[HostProblem]:
                  else "an install not made by this provisioner")
         add("leftovers", f"{', '.join(present)} left by {whose}",
             f"wipe it with `invoke cluster.reset -i {cluster.source}`")
+    return out
+
+
+CGROUP_V2_HOW = ("boot the host with systemd.unified_cgroup_hierarchy=1 on the kernel command "
+                 "line (e.g. GRUB_CMDLINE_LINUX in /etc/default/grub, update-grub) and reboot, "
+                 "or use an OS that boots cgroup v2 (Debian 11+, Ubuntu 21.10+)")
+
+
+def runtime_problems(cluster: Cluster, node: Node, f: Facts) -> list[HostProblem]:
+    """cgroup v2 for the minors whose kubelet refuses v1, and an OS containerd new enough for
+    the minor (containerd_source: os; the bundle's is pinned per minor)."""
+    out = []
+    minor = cluster.version_minor
+    if runtime.needs_cgroup_v2(cluster) and f.cgroup_v2 is False:
+        found = f"cgroup v1 (/sys/fs/cgroup is {f.cgroup_fs}, not cgroup2fs)"
+        if cluster.allow_cgroup_v1:
+            out.append(HostProblem(
+                node.name, "cgroup", f"{found}: the kubelet of Kubernetes {minor} runs here only "
+                "because allow_cgroup_v1 is set (failCgroupV1: false); cgroup v1 is in "
+                "maintenance upstream and will be removed", CGROUP_V2_HOW, "warning"))
+        else:
+            out.append(HostProblem(
+                node.name, "cgroup", f"{found}: the kubelet of Kubernetes {minor} refuses to "
+                "run on cgroup v1", CGROUP_V2_HOW + "; or, knowingly, set allow_cgroup_v1: true"))
+    if not cluster.is_k3s and not runtime.from_bundle(cluster):
+        least = runtime.pins(cluster).containerd_min
+        line = f.versions.get("containerd") or ""
+        have = CONTAINERD_VERSION.search(line)
+        if have and version_tuple(have.group(1)) < version_tuple(least):
+            out.append(HostProblem(
+                node.name, "containerd", f"containerd {have.group(1)} is installed; Kubernetes "
+                f"{minor} needs containerd >= {least}", CONTAINERD_FIX.format(least=least)))
     return out
 
 
@@ -236,7 +275,7 @@ def render(problems: list[HostProblem], facts: Mapping[str, Facts], console=None
         table.add_column("problem")
         table.add_column("fix")
         for p in items:
-            style = "red" if p.level == "error" else "cyan"
+            style = {"error": "red", "warning": "yellow"}.get(p.level, "cyan")
             table.add_row(f"[{style}]{p.level}[/{style}]", p.check, p.message, p.fix)
         console.print(table)
     errors = sum(p.level == "error" for p in problems)
@@ -246,12 +285,18 @@ def render(problems: list[HostProblem], facts: Mapping[str, Facts], console=None
         console.print(f"[red]preflight: {errors} problem(s) on {hosts} host(s)[/red]"
                       + (f"; fine: {', '.join(ok)}" if ok else ""))
     else:
-        console.print(f"[green]preflight: {len(facts)} host(s) ready[/green]")
+        warned = sum(p.level == "warning" for p in problems)
+        console.print(f"[green]preflight: {len(facts)} host(s) ready[/green]"
+                      + (f" [yellow]({warned} warning(s) above)[/yellow]" if warned else ""))
 
 
 # -- package versions: what the phases install, from the node's own package lists ---------------
 
 POLICY = "packages"  # the probe command: `apt-cache policy PKG...`
+# `containerd --version`: "containerd containerd.io 1.7.24 ..." / "... github.com/containerd/containerd/v2 v2.1.9 ..."
+CONTAINERD_VERSION = re.compile(r"\sv?(\d+\.\d+\.\d+)")
+CONTAINERD_FIX = ("set containerd_source: bundle (the upstream containerd the bundle carries for "
+                  "this minor), or install containerd >= {least} from another package source")
 
 
 def policy_versions(text: str) -> dict[str, str]:
@@ -293,8 +338,9 @@ def package_problems(node: Node, f: Facts, minimum: Mapping[str, str]) -> list[H
     for pkg, least in sorted(minimum.items()):
         have = found.get(pkg)
         if have and version_tuple(have) < version_tuple(least):
+            fix = (CONTAINERD_FIX.format(least=least) if pkg == "containerd" else
+                   f"use Debian 12+ or Ubuntu 24.04+, or a package source with {pkg} >= {least}")
             out.append(HostProblem(
                 node.name, "packages", f"{pkg} {have} from this host's package sources is older "
-                f"than {least}, the oldest that works with the cluster's Kubernetes version",
-                f"use Debian 12+ or Ubuntu 24.04+, or a package source with {pkg} >= {least}"))
+                f"than {least}, the oldest that works with the cluster's Kubernetes version", fix))
     return out

@@ -9,6 +9,7 @@ PARAMS (JSON, every key optional):
     certs      [path]               -> certs {path: PEM CERTIFICATE blocks or None}
     services   [unit without .service] -> services {unit: {active, enabled}}, started {unit: usec}
     binaries   [name]               -> versions {name: first line of --version or None}
+    (always)                        -> cgroup_fs: `stat -fc %T /sys/fs/cgroup` (cgroup2fs: v2)
     commands   {name: {"argv": [..], "timeout": s}} -> commands {name: {"rc", "out"}}
     leftovers  [path]               -> leftovers {path: present}
     marker     path                 -> marker (its JSON, None when absent)
@@ -561,6 +562,18 @@ def commands(spec: dict[str, Any], path: str = PATH) -> dict[str, dict[str, Any]
 
 # -- the rest ----------------------------------------------------------------------------------
 
+CGROUP_ARGV = ["stat", "-fc", "%T", "/sys/fs/cgroup"]
+
+
+def cgroup_fs_from(job: Job) -> str:
+    """The file system type at /sys/fs/cgroup: "cgroup2fs" on a cgroup v2 (unified) host,
+    "tmpfs" on a v1 or hybrid one (what the kubelet's cgroup v1 check looks at)."""
+    text = job.text.strip()
+    if job.rc != 0 or not text:
+        raise OSError("stat /sys/fs/cgroup failed: " + (text or "exit %s" % job.rc))
+    return text.splitlines()[0]
+
+
 def kernel_features() -> dict[str, bool]:
     release = os.uname().release
 
@@ -714,6 +727,7 @@ def probe(params: dict[str, Any]) -> dict[str, Any]:
     show = start(lambda: systemctl_job(units))
     vjobs = start(lambda: version_jobs(list(params.get("binaries", []))))
     cjobs = start(lambda: command_jobs(dict(params.get("commands", {}))))
+    cgroup = start(lambda: Job(CGROUP_ARGV, SYSTEM_TIMEOUT))
 
     guard(out, "hostname", socket.gethostname)
     guard(out, "os", lambda: parse_os_release(read("/etc/os-release")))
@@ -760,6 +774,8 @@ def probe(params: dict[str, Any]) -> dict[str, Any]:
         guard(out, "versions", lambda: versions_from(vjobs))
     if cjobs is not None:
         guard(out, "commands", lambda: commands_from(cjobs))
+    if cgroup is not None:
+        guard(out, "cgroup_fs", lambda: cgroup_fs_from(cgroup))
     if errors:
         out.setdefault("probe_errors", {}).update(errors)
     out["clock"] = time.time()

@@ -107,6 +107,14 @@ class Progress:
                 if line.phase != name:
                     line.phase, line.task, line.status = name, "", "waiting"
 
+    def warn(self, text: str) -> None:
+        """A line that must be seen (a preflight warning), above the live table."""
+        with self._lock:
+            from rich.markup import escape
+
+            self.console.print(f"[yellow]warning:[/yellow] {escape(self._clean(text))}",
+                               highlight=False)
+
     def step(self, host: str, phase: str, text: str) -> None:
         """A paramiko-side step starts on `host` (push files, probe...)."""
         with self._lock:

@@ -58,6 +58,12 @@ class Rest(ph.Phase):
     def hosts(self, c):
         return self.inner.hosts(remaining(c, self.target))
 
+    def requires_bundle(self, c):
+        return self.inner.requires_bundle(c)
+
+    def package_minimums(self, c):
+        return self.inner.package_minimums(c)
+
     def files(self, ctx, node):
         return self.view(ctx).files(self.inner, node)
 

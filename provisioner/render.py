@@ -140,7 +140,21 @@ def preflight_ignores(c: Cluster, n: Node) -> list[str]:
     return out
 
 
+def containerd_config_version(c: Cluster) -> int:
+    from .runtime import config_version
+
+    return config_version(c)
+
+
+def containerd_cni_bin_dirs(c: Cluster) -> bool:
+    from .runtime import cni_bin_dirs
+
+    return cni_bin_dirs(c)
+
+
 GLOBALS = {
+    "containerd_config_version": containerd_config_version,
+    "containerd_cni_bin_dirs": containerd_cni_bin_dirs,
     "apiserver_port": apiserver_port,
     "k3s_server_url": k3s_server_url,
     "vip_prefix": vip_prefix,

@@ -564,6 +564,14 @@ def check_backup_keep(cluster: Cluster, where) -> Iterable[Problem]:
                       "ones after each new backup")
 
 
+def check_containerd_source(cluster: Cluster, where) -> Iterable[Problem]:
+    """k3s runs the containerd it embeds: a containerd_source for it would silently do nothing."""
+    if cluster.is_k3s and "containerd_source" in where.settings:
+        yield problem(where, "containerd_source", "k3s runs its own embedded containerd; "
+                      "containerd_source applies to kubeadm clusters only",
+                      "remove containerd_source (or set distribution: kubeadm)")
+
+
 def check_port_ranges(cluster: Cluster, where) -> Iterable[Problem]:
     if not 1 <= cluster.api_port <= 65535:
         yield problem(where, "api_port", f"{cluster.api_port} is not a TCP port",
@@ -836,6 +844,7 @@ CHECKS = [
     check_keepalived_priority,
     check_port_ranges,
     check_backup_keep,
+    check_containerd_source,
     check_port_clash,
     check_registry_mirrors,
     check_download_mirror,

@@ -376,7 +376,7 @@ def test_kube_script_against_the_kubectl_stand_in(tmp_path):
     from tests.standins import make_standin_bundle
     from provisioner import bundle as bundles
 
-    folder = make_standin_bundle(tmp_path / "b", CLUSTER) / bundles.folder_name(CLUSTER)
+    folder = make_standin_bundle(tmp_path / "b", CLUSTER, runtime=False) / bundles.folder_name(CLUSTER)
     root = tmp_path / "root"
     (root / "etc/standin").mkdir(parents=True)
     (root / "etc/standin/kube-scenario.json").write_text((DATA / "coredns-loop.json").read_text())

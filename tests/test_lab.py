@@ -203,6 +203,8 @@ all:
     cluster_name: labtmp
     lab_bridge: k8slab9
     lab_bridge_address: 10.90.9.1/24
+    # lab nodes sit on this machine's cgroup v1 hierarchy: kubelets >= 1.35 refuse it unless told
+    allow_cgroup_v1: true
     ansible_user: root
     ansible_ssh_private_key_file: {key}
   children:

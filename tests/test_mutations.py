@@ -290,7 +290,11 @@ def conformance(cluster, files) -> list[str]:
                 except tomllib.TOMLDecodeError as e:
                     out.append(f"{where}: TOML does not parse: {e}")
                     continue
-                if path.endswith("config.toml"):
+                if path.endswith("config.toml") and doc.get("version") == 3:  # containerd 2.x
+                    images = doc["plugins"]["io.containerd.cri.v1.images"]
+                    if images["pinned_images"]["sandbox"] != cluster.sandbox_image:
+                        out.append(f"{where}: sandbox is {images['pinned_images']['sandbox']!r}")
+                elif path.endswith("config.toml"):
                     cri = doc["plugins"]["io.containerd.grpc.v1.cri"]
                     if cri["sandbox_image"] != cluster.sandbox_image:
                         out.append(f"{where}: sandbox_image is {cri['sandbox_image']!r}")

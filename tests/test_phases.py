@@ -9,7 +9,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from provisioner import actions, inventory, paths
+from provisioner import actions, inventory, paths, runtime
 from provisioner import phases as ph
 from provisioner.phases import kube
 
@@ -21,13 +21,32 @@ PKI = {n.name: {"/etc/etcd/pki/server.key": (b"KEY", 0o600), "/etc/etcd/pki/ca.c
        for n in LAB.etcd_members}
 
 
-def context(cluster, bundle=SimpleNamespace(files={})):
+def _runtime_bundle():
+    """A bundle holding only the runtime's files (small fakes: the phases only hash them)."""
+    import atexit
+    import shutil
+    import tempfile
+
+    folder = Path(tempfile.mkdtemp(prefix="phases-bundle-"))
+    atexit.register(shutil.rmtree, folder, True)
+    files = {}
+    for name in runtime.BUNDLE_FILES:
+        path = folder / name.replace("/", "_")
+        path.write_bytes(f"fake {name}\n".encode())
+        files[name] = (path, hashlib.sha256(path.read_bytes()).hexdigest())
+    return SimpleNamespace(dir=folder, files=files)
+
+
+BUNDLE = _runtime_bundle()
+
+
+def context(cluster, bundle=BUNDLE):
     ctx = ph.Context(cluster, dict(SECRETS), PKI if cluster is LAB else {}, bundle=bundle)
     ctx.local["kubeconfig_source"] = "0" * 64  # taken from the admin config the node has
     return ctx
 
 
-def converged(cluster, bundle=SimpleNamespace(files={})):
+def converged(cluster, bundle=BUNDLE):
     """A context whose hosts have finished every phase: files, modes, stamps, end states."""
     ctx = context(cluster, bundle)
     for n in cluster.nodes:
@@ -48,7 +67,7 @@ def converged(cluster, bundle=SimpleNamespace(files={})):
         ctx.facts[n.name] = SimpleNamespace(
             hostname=n.name, swap_mb=0, files=files, stats=stats, commands=commands, certs={},
             services={u: {"active": "active", "enabled": "enabled"} for u in paths.SERVICES},
-            binaries={b: "v1" for b in ("kubeadm", "kubelet", "kubectl", "k3s")})
+            binaries={b: "v1" for b in ("kubeadm", "kubelet", "kubectl", "k3s", "containerd")})
     return ctx
 
 
@@ -242,10 +261,57 @@ def test_a_changed_file_restarts_exactly_the_running_units_that_read_it(cluster,
 
 def test_the_unit_pairs_cover_every_restarting_file_kind():
     paths_ = {i.path for _, _, _, i, _ in PAIRS}
-    assert {"/etc/containerd/config.toml", "/etc/etcd/etcd.conf.yml", ETCD_KEY,
+    assert {"/etc/containerd/config.toml", "/etc/systemd/system/containerd.service",
+            "/usr/local/bin/containerd", "/usr/local/bin/containerd-shim-runc-v2",
+            "/usr/local/sbin/runc", "/etc/etcd/etcd.conf.yml", ETCD_KEY,
             "/etc/haproxy/haproxy.cfg", "/etc/keepalived/keepalived.conf",
             "/etc/rancher/k3s/config.yaml", "/etc/rancher/k3s/registries.yaml",
             "/etc/systemd/system/kubelet.service"} <= paths_
+
+
+def test_a_changed_mirror_or_client_restarts_nothing():
+    """certs.d is read at each pull and ctr is a client: containerd keeps running."""
+    import dataclasses
+
+    c = dataclasses.replace(LAB, registry_mirrors={"docker.io": ["https://m1.test"]})
+    ctx = converged(c)
+    node = c.node("w1")
+    for path in ("/etc/containerd/certs.d/docker.io/hosts.toml", "/usr/local/bin/ctr"):
+        ctx.facts["w1"].files[path] = "f" * 64
+        changed = ph.RUNTIME.changed(ctx, node)
+        assert [i.path for i in changed] == [path]
+        assert ph.RUNTIME.restart_units(ctx, node, changed) == []
+        ctx.facts["w1"].files[path] = changed[0].sha256
+
+
+def test_containerd_from_the_os_has_no_bundle_files_and_a_minimum_version():
+    import dataclasses
+
+    os_ = dataclasses.replace(LAB, containerd_source="os")
+    ctx = context(os_)
+    paths_ = [i.path for i in ctx.files(ph.RUNTIME, os_.node("w1"))]
+    assert paths_ == ["/etc/containerd/config.toml", "/etc/crictl.yaml"]
+    assert not ph.RUNTIME.requires_bundle(os_) and ph.RUNTIME.requires_bundle(LAB)
+    assert ph.RUNTIME.package_minimums(os_) == {
+        "containerd": runtime.pins(os_).containerd_min, "runc": "1.1"}
+    assert ph.RUNTIME.package_minimums(LAB) == {}  # nothing from apt
+    assert not ph.RUNTIME.requires_bundle(K3S) and ph.RUNTIME.hosts(K3S) == ()
+
+
+def test_without_a_bundle_the_runtime_installs_nothing_and_says_so():
+    ctx = converged(LAB, bundle=None)
+    ctx.facts["w1"].binaries["containerd"] = None
+    ctx.facts["w1"].services["containerd"] = {"active": "inactive"}
+    assert ph.RUNTIME.work(ctx) == {"w1": ["install containerd and runc from the bundle",
+                                           "start containerd"]}
+
+
+def test_a_bundle_without_the_runtime_is_refused_naming_what_is_missing():
+    old = SimpleNamespace(dir=Path("/srv/bundle/kubeadm-v1.36.4-linux-amd64"), files={})
+    refusals = list(ph.RUNTIME.refusals(context(LAB, old)))
+    assert len(refusals) == 1 and "containerd/containerd, containerd/containerd-shim-runc-v2, " \
+        "containerd/ctr, runc" in refusals[0] and "containerd_source: os" in refusals[0]
+    assert list(ph.RUNTIME.refusals(context(LAB))) == []
 
 
 def test_a_built_control_plane_that_stopped_answering_is_refused_before_any_change():
@@ -263,3 +329,17 @@ def test_a_joined_node_whose_kubelet_stopped_gets_it_started():
     ctx = converged(LAB)
     ctx.facts["w1"].services["kubelet"] = {"active": "inactive", "enabled": "enabled"}
     assert work(ctx) == {"binaries": {"w1": ["start kubelet"]}}
+
+
+def test_without_a_bundle_up_does_every_phase_that_needs_none_then_stops():
+    """containerd from the bundle comes before etcd and the load balancers: those still
+    converge, the phases that need the bundle are passed over and named in the stop."""
+    ctx = converged(LAB, bundle=None)
+    ctx.facts["w1"].binaries["containerd"] = None
+    ctx.facts["cp2"].services["etcd"] = {"active": "inactive"}
+    ran = []
+    run = actions.Run(LAB, state=None, ctx=ctx)
+    run.apply = lambda phase, work: ran.append((phase.title, sorted(work)))
+    with pytest.raises(actions.BundleMissing, match=r"not done without it: runtime\)"):
+        run.apply_all(actions.UP)
+    assert ran == [("etcd", ["cp2"])]

@@ -150,4 +150,18 @@ def test_packages_are_checked_by_version_not_by_os_name(text, minimum, expected)
     f = SimpleNamespace(commands={preflight.POLICY: {"rc": 0, "out": text}})
     problems = preflight.package_problems(Node("n1", "10.0.0.1", ("workers",)), f, minimum)
     assert [p.message.split(" from")[0] for p in problems] == expected
-    assert all(p.level == "error" and "Debian 12" in p.fix for p in problems)
+    assert all(p.level == "error" and ("containerd_source: bundle" in p.fix
+                                       if p.message.startswith("containerd ")
+                                       else "Debian 12" in p.fix) for p in problems)
+
+
+def test_an_acknowledged_cgroup_v1_is_shown_as_a_warning_and_passes(tmp_path):
+    _case, cluster, facts = load_case(ROOT / "tests/data/preflight/19-cgroup-v1-acknowledged.yaml",
+                                      tmp_path)
+    problems = preflight.check(cluster, facts)
+    buf = io.StringIO()
+    preflight.render(problems, facts, Console(file=buf, width=300, color_system=None))
+    text = buf.getvalue()
+    assert "warning" in text and "allow_cgroup_v1" in text
+    assert "3 host(s) ready (2 warning(s) above)" in text
+    assert preflight.report(problems).splitlines()[0].startswith("warning: cp1: cgroup:")

@@ -55,6 +55,9 @@ def _variants() -> dict:
         dataclasses.replace(w1, labels={"tier": "db", "zone": "a"},
                             taints=("dedicated=db:NoSchedule", "gpu:NoExecute"))),
         registry_mirrors={"quay.io": ["https://q1.test", "https://q2.test"]})
+    # containerd from the OS package (config version 2), and cgroup v1 acknowledged
+    out["single-os-containerd"] = dataclasses.replace(single, containerd_source="os",
+                                                      allow_cgroup_v1=True)
     return out
 
 
@@ -431,11 +434,65 @@ def test_etcd_config_keys_are_read_by_etcd_34_and_35(inv, host, path):
     assert "Type=notify" in unit and "User=etcd" in unit
 
 
+@pytest.mark.parametrize("inv,host,path", cases(lambda i, h, p: p.endswith("/containerd.service")))
+def test_containerd_unit_runs_the_bundle_binary_as_upstream_runs_it(inv, host, path):
+    """The semantics of containerd's own unit: delegated cgroup, only the daemon killed on
+    stop (containers keep running), spared by the OOM killer, no file limit, overlay loaded."""
+    import configparser
+
+    unit = configparser.ConfigParser(strict=False, interpolation=None)
+    unit.optionxform = str
+    unit.read_string(text(inv, host, path))
+    assert cluster(inv).containerd_source == "bundle"
+    assert set(unit["Unit"]["After"].split()) == {"network.target", "local-fs.target"}
+    svc = unit["Service"]
+    assert svc["ExecStart"] == "/usr/local/bin/containerd"
+    assert svc["ExecStartPre"] == "-/sbin/modprobe overlay"
+    assert (svc["Delegate"], svc["KillMode"], svc["Type"]) == ("yes", "process", "notify")
+    assert int(svc["OOMScoreAdjust"]) < 0 and svc["LimitNOFILE"] == "infinity"
+    assert unit["Install"]["WantedBy"] == "multi-user.target"
+
+
+def test_allow_cgroup_v1_sets_the_kubelets_fail_cgroup_v1_off():
+    """KubeletConfiguration failCgroupV1 (kubelet v1beta1) only when the inventory says so;
+    k3s gets the same as a kubelet flag."""
+    def kubelet(inv):
+        return [d for d in docs(inv, "cp1", "/etc/kubernetes/kubeadm-init.yaml")
+                if d["kind"] == "KubeletConfiguration"][0]
+
+    assert kubelet("single-os-containerd")["failCgroupV1"] is False
+    assert "failCgroupV1" not in kubelet("single")
+    assert "failCgroupV1" in upstream("kubelet-v1beta1.yaml")["types"]["KubeletConfiguration"]
+    k3s = cluster("k3s-ha")
+    allowed = dataclasses.replace(k3s, allow_cgroup_v1=True)
+    server = k3s.control_planes[0]
+    conf = yaml.safe_load(render.template("etc/rancher/k3s/config.yaml.j2", allowed, server,
+                                          SECRETS))
+    assert conf["kubelet-arg"] == ["fail-cgroupv1=false"]
+    assert "kubelet-arg" not in yaml.safe_load(render.template(
+        "etc/rancher/k3s/config.yaml.j2", k3s, server, SECRETS))
+
+
 @pytest.mark.parametrize("inv,host,path", cases(lambda i, h, p: p.startswith("/etc/containerd/")))
 def test_containerd_config_parses_with_the_cri_keys_we_rely_on(inv, host, path):
     c = cluster(inv)
     doc = tomllib.loads(text(inv, host, path))
-    if path.endswith("config.toml"):
+    if path.endswith("config.toml") and c.containerd_source == "bundle":
+        # containerd 2.x (docs/cri/config.md): config version 3, the CRI plugin split in two
+        assert doc["version"] == 3
+        assert set(doc["plugins"]) == {"io.containerd.cri.v1.images",
+                                       "io.containerd.cri.v1.runtime"}
+        images = doc["plugins"]["io.containerd.cri.v1.images"]
+        assert images["pinned_images"] == {"sandbox": c.sandbox_image}
+        assert images["registry"] == {"config_path": "/etc/containerd/certs.d"}
+        cri = doc["plugins"]["io.containerd.cri.v1.runtime"]
+        runc = cri["containerd"]["runtimes"]["runc"]
+        assert runc["runtime_type"] == "io.containerd.runc.v2"
+        assert runc["options"] == {"SystemdCgroup": True}
+        assert cri["containerd"]["default_runtime_name"] == "runc"
+        # containerd 2.1+ (every pinned release) reads a list; bin_dir is deprecated there
+        assert cri["cni"] == {"bin_dirs": ["/opt/cni/bin"], "conf_dir": "/etc/cni/net.d"}
+    elif path.endswith("config.toml"):  # the OS package (1.7): version 2
         assert doc["version"] == 2
         cri = doc["plugins"]["io.containerd.grpc.v1.cri"]
         assert cri["sandbox_image"] == c.sandbox_image

@@ -30,7 +30,7 @@ import yaml
 from provisioner import bundle as bundles
 from provisioner import inventory as inv
 from provisioner import pki, render
-from tests.standins import make_standin_bundle
+from tests.standins import build_tool, make_standin_bundle
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -124,7 +124,8 @@ def lab_cluster():
 
 @pytest.fixture(scope="module")
 def kube_bundle(tmp_path_factory, lab_cluster) -> Path:
-    dest = make_standin_bundle(tmp_path_factory.mktemp("standin-bundle"), lab_cluster)
+    dest = make_standin_bundle(tmp_path_factory.mktemp("standin-bundle"), lab_cluster,
+                               runtime=False)  # the stand-ins only: no containerd to fetch
     return dest / bundles.folder_name(lab_cluster)
 
 
@@ -165,7 +166,7 @@ def assert_prefixed(text: str, tool: str) -> None:
 
 
 def test_standin_bundle_has_the_real_layout_and_verifies(tmp_path, lab_cluster):
-    dest = make_standin_bundle(tmp_path / "a", lab_cluster)
+    dest = make_standin_bundle(tmp_path / "a", lab_cluster, runtime=False)
     found = bundles.locate(lab_cluster, dest)
     assert found is not None
     assert set(found.files) == {"kubeadm", "kubelet", "kubectl", "crictl", "cni-plugins/README.md",
@@ -177,7 +178,7 @@ def test_standin_bundle_has_the_real_layout_and_verifies(tmp_path, lab_cluster):
         run = subprocess.run([str(found.files[name][0])], capture_output=True, text=True)
         assert run.returncode == 1 and "stand-in" in run.stderr and "TEST-ONLY" in run.stderr
     # deterministic: a rebuilt bundle has the same bytes, so a second `up` pushes nothing new
-    again = make_standin_bundle(tmp_path / "b", lab_cluster)
+    again = make_standin_bundle(tmp_path / "b", lab_cluster, runtime=False)
     name = bundles.folder_name(lab_cluster)
     assert (dest / name / "SHA256SUMS").read_text() == (again / name / "SHA256SUMS").read_text()
 
@@ -224,9 +225,13 @@ def test_rendered_configs_init_and_join_in_order(inventory, nodes):
     # the kubelet config kubeadm wrote satisfies the kubelet stand-in
     kubelet = cp.start("kubelet", "--config=/var/lib/kubelet/config.yaml",
                        "--container-runtime-endpoint=unix:///run/containerd/containerd.sock")
-    assert "is valid; sleeping" in kubelet.stdout.readline()
-    kubelet.terminate()
-    assert kubelet.wait(10) == 0
+    if cluster.allow_cgroup_v1:
+        assert "is valid; sleeping" in kubelet.stdout.readline()
+        kubelet.terminate()
+        assert kubelet.wait(10) == 0
+    else:  # the fake node has no cgroup2 mount: a 1.35+ kubelet refuses it, after the schema
+        assert kubelet.wait(10) != 0
+        assert "not run on a host using cgroup v1" in kubelet.stderr.read()
 
     for joiner in list(cluster.control_planes[1:]) + list(cluster.workers):
         node = nodes(joiner.name)
@@ -456,6 +461,51 @@ def test_kubelet_fails_until_its_config_exists_then_checks_it(nodes):
     assert r.returncode == 1
     assert "cannot unmarshal string into Go struct field KubeletConfiguration.maxPods" in r.stderr
     assert [e["result"].split(":")[0] for e in node.log("kubelet")] == ["error", "error"]
+
+
+def cgroup2_mount() -> str | None:
+    """A cgroup2 mount point of this machine (hybrid hosts have one under /sys/fs/cgroup)."""
+    for line in Path("/proc/self/mountinfo").read_text().splitlines():
+        left, _, right = line.partition(" - ")
+        if right.split()[:1] == ["cgroup2"]:
+            return left.split()[4]
+    return None
+
+
+@pytest.mark.parametrize("version, config, flags, refused", [
+    ("v1.36.4", "", [], True),                            # 1.35+: failCgroupV1 defaults to true
+    ("v1.35.9", "failCgroupV1: true\n", [], True),
+    ("v1.36.4", "failCgroupV1: false\n", [], False),      # allow_cgroup_v1 renders this
+    ("v1.36.4", "", ["--fail-cgroupv1=false"], False),     # k3s passes it as a kubelet-arg
+    ("v1.34.2", "", [], False),                           # older kubelets run on cgroup v1
+])
+def test_kubelet_refuses_cgroup_v1_like_the_real_one(tmp_path, version, config, flags, refused):
+    """The host under STANDIN_ROOT has no cgroup2 mount at /sys/fs/cgroup: cgroup v1."""
+    tool = tmp_path / "kubelet"
+    tool.write_bytes(build_tool("kubelet", version))
+    node = Node(tmp_path, "w1")
+    try:
+        node.put("/var/lib/kubelet/config.yaml", "apiVersion: kubelet.config.k8s.io/v1beta1\n"
+                 "kind: KubeletConfiguration\ncgroupDriver: systemd\n" + config)
+        proc = node.start("kubelet", "--config=/var/lib/kubelet/config.yaml", *flags)
+        if refused:
+            assert proc.wait(30) == 1
+            assert ("kubelet is configured to not run on a host using cgroup v1"
+                    in proc.stderr.read())
+        else:
+            assert "is valid; sleeping" in proc.stdout.readline()
+            proc.terminate()
+            assert proc.wait(10) == 0
+        mount = cgroup2_mount()
+        if refused and mount:  # the same config on a cgroup v2 host runs
+            node.path("/sys/fs").mkdir(parents=True)
+            node.path("/sys/fs/cgroup").symlink_to(mount)
+            proc = node.start("kubelet", "--config=/var/lib/kubelet/config.yaml", *flags)
+            assert "is valid; sleeping" in proc.stdout.readline()
+            proc.terminate()
+            assert proc.wait(10) == 0
+    finally:
+        node.close()
 
 
 def test_kubectl_apply_checks_and_records_the_rendered_addons(nodes, lab_cluster):

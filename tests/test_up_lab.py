@@ -1,7 +1,7 @@
 """`cluster.up` end to end on booted lab nodes over real SSH (inventories/lab.yml).
 
-Real here: host preparation, containerd, a 3-member etcd with its own CA and mutual TLS,
-haproxy + keepalived holding the API VIP. The Kubernetes binaries cannot be had on this
+Real here: host preparation, containerd 2.x from the bundle, a 3-member etcd with its own CA and
+mutual TLS, haproxy + keepalived holding the API VIP. The Kubernetes binaries cannot be had on this
 machine, so the kube phases run against test-only stand-ins (tests/standins) that check their
 config strictly and record how they were called: these tests prove ordering, secret passing,
 idempotency guards and resumption, not a working Kubernetes cluster.
@@ -86,11 +86,6 @@ def test_hosts_prepared(fresh, without_bundle):
         assert ok(fresh, n.name, "sysctl -n net.ipv4.ip_forward").strip() == "1"
 
 
-def test_containerd_runs_on_kube_nodes(fresh, without_bundle):
-    for name in ("cp1", "cp2", "cp3", "w1"):
-        assert ok(fresh, name, "systemctl is-active containerd").strip() == "active"
-        assert "Server:" in ok(fresh, name, "ctr version")
-        assert "SystemdCgroup = true" in ok(fresh, name, "cat /etc/containerd/config.toml")
 
 
 def test_etcd_three_members_mutual_tls(fresh, without_bundle):
@@ -135,10 +130,18 @@ def test_vip_moves_when_its_holder_fails(fresh, without_bundle):
     wait_vip(fresh, "lb1")  # higher priority takes it back
 
 
+def test_without_bundle_no_containerd_is_installed(fresh, without_bundle):
+    """containerd comes from the bundle (containerd_source: bundle): the run passed over the
+    runtime phase and said so."""
+    assert "not done without it: runtime" in without_bundle
+    for name in ("cp1", "w1"):
+        assert fresh.run(name, "test -e /usr/local/bin/containerd")[0] != 0
+
+
 def test_rerun_without_bundle_has_no_work_before_the_binaries(fresh, without_bundle):
     plan = work(actions.up(fresh.cluster, dry_run=True))
-    assert set(plan) <= {"binaries", "control-plane", "join-control-plane", "join-workers",
-                         "cni", "addons", "node-meta", "kubeconfig"}, plan
+    assert set(plan) <= {"runtime", "binaries", "control-plane", "join-control-plane",
+                         "join-workers", "cni", "addons", "node-meta", "kubeconfig"}, plan
 
 
 @pytest.fixture(scope="module")
@@ -151,6 +154,15 @@ def bundle(tmp_path_factory, fresh):
 @pytest.fixture(scope="module")
 def with_bundle(fresh, without_bundle, bundle):
     return work(actions.up(fresh.cluster, bundle_dir=str(bundle)))
+
+
+def test_containerd_runs_on_kube_nodes(fresh, with_bundle):
+    for name in ("cp1", "cp2", "cp3", "w1"):
+        assert ok(fresh, name, "systemctl is-active containerd").strip() == "active"
+        server = ok(fresh, name, "ctr version").split("Server:", 1)[1]
+        assert "Version:  2." in server  # the bundle's containerd 2.x
+        config = ok(fresh, name, "cat /etc/containerd/config.toml")
+        assert "version = 3" in config and "SystemdCgroup = true" in config
 
 
 def test_kube_phases_run_in_order_with_stand_ins(fresh, with_bundle):

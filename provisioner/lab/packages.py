@@ -120,3 +120,75 @@ def serve(directory: Path, address: str, runtime: Path, port: int = PORT) -> Non
 
 def stop(runtime: Path) -> None:
     stop_pidfile(runtime / "http.pid", "http.server")
+
+
+# -- single packages from another Debian suite (the test bundle's containerd) -------------------
+
+SUITE_DEBS_DIR = CACHE_DIR / "suites"
+
+
+def suite_debs(suite: str, packages: tuple[str, ...], log=print) -> dict[str, Path]:
+    """The .deb of each package as Debian `suite` has it (e.g. sid's containerd 2.x), fetched
+    once through the host's Debian mirror and cached in SUITE_DEBS_DIR/<suite>/: {name: .deb}.
+
+    The host's own apt does the work with a separate sources list and lists folder, so its
+    configuration (bookworm) is never touched: `apt-get update` then `apt-get download`, both
+    with `-o Dir::Etc::sourcelist=... -o Dir::State::Lists=...`. No dependency is resolved:
+    callers take single binaries out of the packages (dpkg-deb -x)."""
+    from .base import host_mirror
+
+    root = SUITE_DEBS_DIR / suite
+    with flocked(SUITE_DEBS_DIR / f".{suite}.lock"):
+        found = {p: _one_deb(root, p) for p in packages}
+        if all(found.values()):
+            return found
+        lists = root / "lists"
+        (lists / "partial").mkdir(parents=True, exist_ok=True)
+        sources = root / "sources.list"
+        sources.write_text(f"deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] "
+                           f"{host_mirror()} {suite} main\n")
+        opts = ["-o", f"Dir::Etc::sourcelist={sources}", "-o", "Dir::Etc::sourceparts=-",
+                "-o", f"Dir::State::Lists={lists}", "-o", "APT::Get::List-Cleanup=0"]
+        log(f"lab: fetching {', '.join(packages)} from Debian {suite} into {root}")
+        _apt(["update", "-q", *opts], f"apt-get update ({suite})")
+        missing = [p for p, deb in found.items() if deb is None]
+        env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+        done = subprocess.run(["apt-get", "download", "-q", *opts, *missing], cwd=root,
+                              capture_output=True, text=True, env=env)
+        if done.returncode != 0:
+            tail = "\n".join((done.stdout + done.stderr).strip().splitlines()[-10:])
+            raise UserError(f"apt-get download {' '.join(missing)} from Debian {suite} failed on "
+                            f"the host (exit {done.returncode}):\n{tail}")
+        found = {p: _one_deb(root, p) for p in packages}
+        lost = [p for p, deb in found.items() if deb is None]
+        if lost:
+            raise UserError(f"apt-get download left no .deb of {', '.join(lost)} in {root}")
+        return found
+
+
+def _one_deb(root: Path, package: str) -> Path | None:
+    """The newest cached .deb of `package` in `root` (apt names them NAME_VERSION_ARCH.deb)."""
+    debs = sorted(root.glob(f"{package}_*.deb"))
+    return debs[-1] if debs else None
+
+
+def deb_files(deb: Path, members: dict[str, str], dest: Path) -> dict[str, Path]:
+    """Extract `members` ({path inside the package: name under dest}) of a .deb with
+    `dpkg-deb -x` into a scratch folder and move them to dest/name: {name: path}."""
+    import tempfile
+
+    dest.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=dest) as tmp:
+        done = subprocess.run(["dpkg-deb", "-x", str(deb), tmp], capture_output=True, text=True)
+        if done.returncode != 0:
+            raise UserError(f"dpkg-deb -x {deb} failed: {done.stderr.strip()}")
+        out = {}
+        for inside, name in members.items():
+            src = Path(tmp) / inside.lstrip("/")
+            if not src.is_file():
+                raise UserError(f"{deb} has no {inside}")
+            target = dest / name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(src, target)
+            out[name] = target
+    return out

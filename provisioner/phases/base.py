@@ -87,6 +87,15 @@ class Phase:
     def hosts(self, c: Cluster) -> Iterable[Node]:
         return ()
 
+    def requires_bundle(self, c: Cluster) -> bool:
+        """Whether this phase needs the bundle for this cluster (runtime: only when containerd
+        comes from it)."""
+        return self.needs_bundle
+
+    def package_minimums(self, c: Cluster) -> dict[str, str]:
+        """OS packages the playbook installs for this cluster -> oldest version that works."""
+        return dict(self.packages)
+
     def files(self, ctx: Context, node: Node) -> Iterable[Item]:
         return ()
 

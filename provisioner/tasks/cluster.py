@@ -100,6 +100,8 @@ def plan(c, inventory=DEFAULT_INVENTORY, bundle=None, from_=None, trust_new_host
                                              for u, s in sorted(services.items())))
             for phase, path, state in run.file_states(n.name):
                 print(f"  {state:<9} {path}  ({phase})")
+    for p in run.warnings:
+        print(f"warning: preflight: {p}")
     n = print_plan(result)
     print(f"{n} change(s) pending" if n else "cluster is converged: nothing to do")
     from ..removal import strays

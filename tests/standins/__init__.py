@@ -11,7 +11,14 @@ and every free-text line they print says "stand-in". Never ship them to users.
 
 `make_standin_bundle(dest, cluster)` lays them out exactly like `invoke bundle.fetch` does
 (`<dest>/<distribution>-<version>-linux-amd64/` with SHA256SUMS), so `cluster.up --bundle DEST`
-takes the same code path as with a real bundle. Each stand-in is one executable file: a Python
+takes the same code path as with a real bundle.
+
+The container runtime in it is real, not a stand-in (kubeadm clusters with containerd_source
+bundle): containerd 2.x (containerd, containerd-shim-runc-v2, ctr) from Debian sid's containerd
+package, which is built from the upstream release and needs only libc on bookworm, and runc
+from bookworm's runc package (sid's needs glibc 2.38). `runtime_binaries()` fetches the two .debs
+once through the host's Debian mirror (provisioner.lab.packages.suite_debs) into
+/var/cache/provisioner-lab and takes the binaries out with dpkg-deb. Each stand-in is one executable file: a Python
 zip application (PEP 441) holding tools/ and the upstream data files it checks against
 (tests/data/upstream/), because only the binaries themselves are pushed to the nodes.
 """
@@ -19,6 +26,7 @@ zip application (PEP 441) holding tools/ and the upstream data files it checks a
 from __future__ import annotations
 
 import io
+import shutil
 import zipfile
 from pathlib import Path
 
@@ -67,22 +75,50 @@ def build_tool(name: str, version: str) -> bytes:
     return buf.getvalue()
 
 
-RUNTIME_STANDIN = """#!/bin/sh
-# TEST-ONLY placeholder for {name} {version} in the stand-in bundle: not {name}.
-echo "stand-in: {name} {version} is a TEST-ONLY placeholder in the stand-in bundle, not {name}" >&2
+# bundle name -> (Debian suite, package, path inside the package)
+RUNTIME_DEBS = {
+    "containerd/containerd": ("sid", "containerd", "/usr/bin/containerd"),
+    "containerd/containerd-shim-runc-v2": ("sid", "containerd", "/usr/bin/containerd-shim-runc-v2"),
+    "containerd/ctr": ("sid", "containerd", "/usr/bin/ctr"),
+    "runc": ("bookworm", "runc", "/usr/sbin/runc"),
+}
+RUNTIME_CACHE = "runtime-bin"  # under the lab cache: the extracted binaries, per .deb
+RUNTIME_PLACEHOLDER = """#!/bin/sh
+echo "stand-in: {name} is a TEST-ONLY placeholder in the stand-in bundle, not {name}" >&2
 exit 1
 """
 
 
-def make_standin_bundle(dest: Path, cluster: Cluster, arch: str = "amd64") -> Path:
+def runtime_binaries(log=print) -> dict[str, Path]:
+    """{bundle name: cached binary} of the real containerd and runc the test bundle carries."""
+    from provisioner.lab import CACHE_DIR
+    from provisioner.lab.packages import deb_files, suite_debs
+
+    out = {}
+    for suite in sorted({s for s, _, _ in RUNTIME_DEBS.values()}):
+        wanted = {n: (p, inside) for n, (s, p, inside) in RUNTIME_DEBS.items() if s == suite}
+        debs = suite_debs(suite, tuple(sorted({p for p, _ in wanted.values()})), log)
+        for package, deb in debs.items():
+            members = {inside: n for n, (p, inside) in wanted.items() if p == package}
+            folder = CACHE_DIR / RUNTIME_CACHE / deb.stem  # NAME_VERSION_ARCH: a new .deb, anew
+            if not all((folder / n).is_file() for n in members.values()):
+                deb_files(deb, members, folder)
+            out.update({n: folder / n for n in members.values()})
+    return out
+
+
+def make_standin_bundle(dest: Path, cluster: Cluster, arch: str = "amd64",
+                        runtime: bool | None = None) -> Path:
     """A bundle of stand-ins for the cluster's distribution and version under dest; returns
-    dest (what `--bundle` takes). Laid out and recorded (SHA256SUMS + SOURCES.json) the way
-    bundle.fetch does, with "test-only stand-in" as every source."""
+    dest (what `--bundle` takes). runtime: carry the real containerd and runc (default: when
+    the cluster takes them from the bundle; fetched once, see runtime_binaries)."""
     dest = Path(dest)
     folder = dest / bundles.folder_name(cluster, arch)
     folder.mkdir(parents=True, exist_ok=True)
     version = cluster.kubernetes_version
     pin = versions.pins(version)
+    if runtime is None:
+        runtime = bundles.containerd_from_bundle(cluster)
     files: dict[str, bytes] = {}
     if cluster.is_k3s:
         files["k3s"] = build_tool("k3s", version)
@@ -94,11 +130,10 @@ def make_standin_bundle(dest: Path, cluster: Cluster, arch: str = "amd64") -> Pa
                         ("crictl", pin.crictl)):
             files[name] = build_tool(name, v)
         files["cni-plugins/README.md"] = CNI_README.encode()
-        if bundles.containerd_from_bundle(cluster):
-            for name in bundles.CONTAINERD_BINARIES:
-                files[f"containerd/{name}"] = RUNTIME_STANDIN.format(
-                    name=name, version=pin.containerd).encode()
-            files["runc"] = RUNTIME_STANDIN.format(name="runc", version=pin.runc).encode()
+        if not runtime and bundles.containerd_from_bundle(cluster):
+            # TEST-ONLY placeholders for tests that never push them (no network to fetch)
+            for name in [f"containerd/{b}" for b in bundles.CONTAINERD_BINARIES] + ["runc"]:
+                files[name] = RUNTIME_PLACEHOLDER.format(name=name).encode()
     sources = {}
     for name, data in files.items():
         path = folder / name
@@ -108,5 +143,15 @@ def make_standin_bundle(dest: Path, cluster: Cluster, arch: str = "amd64") -> Pa
         sha = bundles.sha256_file(path)
         sources[f"stand-in {name}"] = {"url": "test-only stand-in", "checksum_url": "-",
                                        "sha256": sha, "files": {name: sha}}
+    for name, src in (runtime_binaries() if runtime else {}).items():
+        target = folder / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if not target.is_file() or target.stat().st_size != src.stat().st_size:
+            shutil.copyfile(src, target)
+        target.chmod(0o755)
+        sha = bundles.sha256_file(target)
+        sources[f"test runtime {name}"] = {"url": f"Debian package ({src.parent.name})",
+                                           "checksum_url": "-", "sha256": sha,
+                                           "files": {name: sha}}
     bundles.write_sources(folder, sources)
     return dest

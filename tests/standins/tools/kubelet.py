@@ -68,6 +68,42 @@ def parse(argv: list[str]) -> dict[str, str]:
     return flags
 
 
+CGROUP2_SUPER_MAGIC = 0x63677270  # statfs(2) f_type of a cgroup2 mount
+FAIL_CGROUP_V1_FROM = (1, 35)  # kubelets from this minor default failCgroupV1 to true
+
+
+def cgroup_v2(tool: Tool) -> bool:
+    """What the kubelet asks (libcontainer's IsCgroup2UnifiedMode): is /sys/fs/cgroup a cgroup2
+    mount? statfs(2) through libc; a failed call counts as not v2, as there."""
+    import ctypes
+    import struct
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    buf = ctypes.create_string_buffer(128)  # struct statfs: f_type is its first field (long)
+    if libc.statfs(str(tool.path("/sys/fs/cgroup")).encode(), buf) != 0:
+        return False
+    return struct.unpack_from("l", buf.raw)[0] == CGROUP2_SUPER_MAGIC
+
+
+def minor(version: str) -> tuple[int, int]:
+    major, minor_ = version.lstrip("v").split("+")[0].split(".")[:2]
+    return int(major), int(minor_)
+
+
+def check_cgroup(tool: Tool, flags: dict[str, str], config: dict) -> None:
+    """Like the kubelet's config validation: from 1.35 failCgroupV1 defaults to true and a
+    cgroup v1 host is refused unless the config (or --fail-cgroupv1=false) says otherwise."""
+    if minor(tool.version) < FAIL_CGROUP_V1_FROM or cgroup_v2(tool):
+        return
+    fail = config.get("failCgroupV1", True)
+    if "fail-cgroupv1" in flags:
+        fail = flags["fail-cgroupv1"] not in ("false", "False", "0")
+    if fail:
+        raise Failed("failed to validate kubelet configuration, error: kubelet is configured "
+                     "to not run on a host using cgroup v1. cgroup v1 support is unsupported "
+                     "and will be removed in a future release")
+
+
 def check(tool: Tool, flags: dict[str, str]) -> dict:
     import yaml
 
@@ -92,6 +128,7 @@ def check(tool: Tool, flags: dict[str, str]) -> dict:
     if errors:
         raise Failed(f"failed to load kubelet config file, path: {path}: strict decoding "
                      "error: " + ", ".join(errors))
+    check_cgroup(tool, flags, config)
     endpoint = flags.get("container-runtime-endpoint") or config.get("containerRuntimeEndpoint")
     if endpoint:
         sock = endpoint.removeprefix("unix://")
