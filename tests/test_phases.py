@@ -182,6 +182,35 @@ def test_k3s_nodes_are_done_when_registered():
         "start k3s agent and wait until the node is registered"]}}
 
 
+def airgap_bundle(tmp_path, with_images=True):
+    files = {}
+    for name, text in (("k3s", "#!/bin/sh\n"), ("k3s-airgap-images-amd64.tar.zst", "images")):
+        if name == "k3s" or with_images:
+            (tmp_path / name).write_text(text)
+            files[name] = (tmp_path / name, hashlib.sha256(text.encode()).hexdigest())
+    return SimpleNamespace(dir=tmp_path, files=files)
+
+
+def test_k3s_airgap_images_from_the_bundle_go_to_every_k3s_node_and_restart_nothing(tmp_path):
+    bundle = airgap_bundle(tmp_path)
+    ctx = converged(K3S, bundle)
+    path = "/var/lib/rancher/k3s/agent/images/k3s-airgap-images-amd64.tar.zst"
+    for n in K3S.kube_nodes:
+        (item,) = [i for i in ctx.files(ph.BINARIES, n) if i.path == path]
+        assert item.data == b"images" and item.units == () and item.mode == 0o644
+    assert work(ctx) == {} and ph.BINARIES.notes(ctx) == []
+    ctx.facts["a1"].files[path] = None  # the tarball missing on one node: only that is work
+    assert work(ctx) == {"binaries": {"a1": [f"write {path} (new)"]}}
+
+
+def test_a_k3s_bundle_without_airgap_images_is_no_error_and_the_plan_says_nodes_pull(tmp_path):
+    ctx = converged(K3S, airgap_bundle(tmp_path, with_images=False))
+    assert work(ctx) == {}
+    (note,) = ph.BINARIES.notes(ctx)
+    assert "no k3s-airgap-images-amd64.tar.zst" in note and "will pull" in note
+    assert ph.BINARIES.notes(converged(LAB, airgap_bundle(tmp_path, False))) == []
+
+
 def test_without_a_bundle_missing_binaries_are_work_and_present_ones_are_not():
     ctx = converged(LAB, bundle=None)
     ctx.facts["w1"].binaries["kubelet"] = None

@@ -41,6 +41,11 @@ use Debian's containernetworking-plugins package instead (installed by the binar
 /usr/lib/cni), so this stand-in bundle ships no plugin.
 """
 
+AIRGAP_TEXT = """\
+stand-in k3s-airgap-images for {version} (TEST-ONLY): named like the k3s release's image
+tarball so that the bundle and the binaries phase take the real path; it holds no image.
+"""
+
 
 def build_tool(name: str, version: str) -> bytes:
     """One stand-in as an executable zip application: `#!/usr/bin/env python3` + zip."""
@@ -66,9 +71,11 @@ def build_tool(name: str, version: str) -> bytes:
     return buf.getvalue()
 
 
-def make_standin_bundle(dest: Path, cluster: Cluster, arch: str = "amd64") -> Path:
+def make_standin_bundle(dest: Path, cluster: Cluster, arch: str = "amd64",
+                        airgap: bool = True) -> Path:
     """A bundle of stand-ins for the cluster's distribution and version under dest; returns
-    dest (what `--bundle` takes)."""
+    dest (what `--bundle` takes). k3s: with `airgap`, also a small stand-in file named like
+    k3s's image tarball (k3s-airgap-images-<arch>.tar.zst)."""
     dest = Path(dest)
     folder = dest / bundles.folder_name(cluster, arch)
     folder.mkdir(parents=True, exist_ok=True)
@@ -85,5 +92,10 @@ def make_standin_bundle(dest: Path, cluster: Cluster, arch: str = "amd64") -> Pa
         path.write_bytes(build_tool(name, v))
         path.chmod(0o755)
     names = list(tools) + ([] if cluster.is_k3s else ["cni-plugins/README.md"])
+    if cluster.is_k3s and airgap:
+        # what bundle.fetch saves from the k3s release: here a small marker file, not images
+        name = f"k3s-airgap-images-{arch}.tar.zst"
+        (folder / name).write_text(AIRGAP_TEXT.format(version=version))
+        names.append(name)
     bundles.write_sums(folder, {n: bundles.sha256_file(folder / n) for n in names})
     return dest
