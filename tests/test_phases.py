@@ -13,6 +13,7 @@ from provisioner import actions, inventory, paths
 from provisioner import phases as ph
 from provisioner.phases import kube
 
+ETCD_SERVERS = import_module("provisioner.phases.32_etcd_servers").SERVERS
 LAB = inventory.load("inventories/lab.yml")
 K3S = inventory.load("inventories/k3s-ha.yml")
 SECRETS = {"bootstrap_token": "abcdef.0123456789abcdef", "certificate_key": "0" * 64,
@@ -43,7 +44,9 @@ def converged(cluster, bundle=SimpleNamespace(files={})):
             for path in probes.get("paths", ()):
                 files.setdefault(path, "0" * 64)
             for name in probes.get("commands", {}):
-                out = '{"%s": ""}' % kube.CONTROL_PLANE_LABEL if name == kube.LABELS else "ok"
+                out = ('{"%s": ""}' % kube.CONTROL_PLANE_LABEL if name == kube.LABELS
+                       else ",".join(cluster.etcd_endpoints) if name == ETCD_SERVERS
+                       else "ok")
                 commands[name] = {"rc": 0, "out": out}
         ctx.facts[n.name] = SimpleNamespace(
             hostname=n.name, swap_mb=0, files=files, stats=stats, commands=commands, certs={},
@@ -59,11 +62,14 @@ def work(ctx):
 def test_the_phase_modules_are_the_documented_spine():
     assert [p.title for p in actions.UP] == [
         "prepare", "runtime", "etcd", "loadbalancer", "binaries", "control-plane",
-        "join-control-plane", "join-workers", "cni", "addons", "node-meta", "kubeconfig"]
-    # 0x-1x: cluster.up; 3x: remove-node; 9x: the other day-2 actions (kubeasz's numbering)
+        "join-control-plane", "etcd-servers", "join-workers", "cni", "addons", "node-meta",
+        "kubeconfig"]
+    # 0x-1x: cluster.up; 3x: remove-node; 9x: the other day-2 actions (kubeasz's numbering).
+    # remove-node's 32 etcd-servers also runs in cluster.up (without a leaving host)
+    spine = [p for p in actions.UP if p is not ph.API_ETCD_SERVERS]
     modules = sorted(p.name for p in (Path(ph.__file__).parent).glob("[0-2][0-9]_*.py"))
-    assert len(modules) == len(actions.UP)
-    for module, phase in zip(modules, actions.UP):
+    assert len(modules) == len(spine)
+    for module, phase in zip(modules, spine):
         number = module[:2]
         assert module == f"{number}_{phase.title.replace('-', '_')}.py"
         if phase.playbook:  # beside its numbered playbook
@@ -292,3 +298,18 @@ def test_a_joined_node_whose_kubelet_stopped_gets_it_started():
     ctx = converged(LAB)
     ctx.facts["w1"].services["kubelet"] = {"active": "inactive", "enabled": "enabled"}
     assert work(ctx) == {"binaries": {"w1": ["start kubelet"]}}
+
+
+def test_an_added_etcd_member_goes_into_the_api_servers_list_one_at_a_time():
+    """cluster.up after the etcd phase added a member: exactly the control planes whose
+    --etcd-servers lacks it change (serially); one without the manifest yet has nothing."""
+    ctx = converged(LAB)
+    old = ",".join(LAB.etcd_endpoints[:2])
+    ctx.facts["cp1"].commands[ETCD_SERVERS] = {"rc": 0, "out": old + "\n"}
+    ctx.facts["cp3"].commands[ETCD_SERVERS] = {"rc": 2, "out": ""}  # no manifest yet
+    want = ",".join(LAB.etcd_endpoints)
+    assert work(ctx) == {"etcd-servers": {"cp1": [f"set kube-apiserver --etcd-servers={want}"]}}
+    assert ph.API_ETCD_SERVERS.serial
+    assert ph.API_ETCD_SERVERS.hostvars(ctx, LAB.node("cp1"))["etcd_servers"] == want
+    assert list(ph.API_ETCD_SERVERS.hosts(K3S)) == []
+    assert list(ph.API_ETCD_SERVERS.hosts(inventory.load("inventories/ha-kubevip.yml"))) == []
