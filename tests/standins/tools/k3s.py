@@ -216,6 +216,7 @@ def run_steps(tool: Tool, role: str, c: dict) -> None:
     old = state.load(tool, state.K3S_STATE)
     same = old.get("node") == name and old.get("role") == role
     s = {"tool": "stand-in k3s (TEST-ONLY)", "node": name, "role": role,
+         "version": tool.version,  # what this node reports (kubectl get node) until a restart
          "etcd": role == "server" and bool(c.get("server") or c.get("cluster-init")),
          "steps": [], "registered": bool(same and old.get("registered"))}
     port = c.get("https-listen-port", 6443)
