@@ -100,9 +100,13 @@ def confirmation(cluster: Cluster, meta: dict, plan) -> str:
     """What the user is asked before a restore changes anything."""
     members = ", ".join(n.name for n in etcd.members(cluster))
     rev = f", revision {meta['revision']}" if meta.get("revision") else ""
+    how = (f"k3s stops on {members}; {cluster.first_control_plane.name} is reset from the "
+           "snapshot (k3s server --cluster-reset --cluster-reset-restore-path) and starts, then "
+           "the other servers rejoin it with their old db dirs moved aside:\n"
+           if cluster.is_k3s else
+           f"The API servers stop, and etcd on {members} restarts with the snapshot's data:\n")
     return (f"restore cluster {cluster.cluster_name} from {meta['path']}\n"
-            f"  (taken {meta['created']} on {meta['member']['name']}{rev}).\n"
-            f"The API servers stop, and etcd on {members} restarts with the snapshot's data:\n"
+            f"  (taken {meta['created']} on {meta['member']['name']}{rev}).\n" + how +
             f"EVERYTHING WRITTEN TO THE CLUSTER AFTER {meta['created']} IS LOST.\n"
             "The current data dirs are kept aside on each member (renamed, not deleted).")
 
@@ -113,11 +117,6 @@ def restore(cluster: Cluster, snapshot: str, plan: bool = False, confirm=None,
     asked after every check and before any change (None: do not ask). Returns {"plan", "done",
     "resumed", "seconds", "meta"}, or None when not confirmed."""
     meta = snapshots.verify(snapshot, cluster)
-    if etcd.kind(cluster) == etcd.K3S:
-        raise UserError("cluster.restore does not restore k3s yet; with k3s stopped on every "
-                        f"server, run `k3s server --cluster-reset --cluster-reset-restore-path="
-                        f"{meta['path']}` on {cluster.first_control_plane.name} (see the k3s "
-                        "documentation, 'etcd-snapshot'); nothing was changed")
     if meta["etcd"] != etcd.kind(cluster):
         say(f"note: the snapshot was taken from {meta['etcd']} etcd; the inventory has "
             f"{etcd.kind(cluster)} etcd: restoring into that")
@@ -133,7 +132,8 @@ def restore(cluster: Cluster, snapshot: str, plan: bool = False, confirm=None,
         old = read_journal(cluster)
         resumed = old is not None and old["sha256"] == meta["sha256"]
         r = dict(old) if resumed else new_restore(cluster, meta)
-        cid, ids = etcd.restored_ids(cluster, r["token"])
+        # k3s picks its own member and cluster IDs: its members are followed by markers
+        cid, ids = (None, {}) if cluster.is_k3s else etcd.restored_ids(cluster, r["token"])
         run.ctx.local["restore"] = {**r, "snapshot": meta["path"], "cluster_id": cid,
                                     "members": ids}
         unreachable = run.probe(_hosts(cluster, RESTORE))

@@ -117,8 +117,8 @@ def containerd_from_bundle(cluster: Cluster) -> bool:
 
 def needed(cluster: Cluster, arch: str = "amd64") -> list[str]:
     """The bundle files cluster.up cannot do without."""
-    if cluster.is_k3s:
-        return ["k3s", f"k3s-airgap-images-{arch}.tar.zst"]
+    if cluster.is_k3s:  # its airgap images are optional: without them nodes pull
+        return ["k3s"]
     out = ["kubeadm", "kubelet", "kubectl", "crictl"]
     if containerd_from_bundle(cluster):
         out += [f"containerd/{b}" for b in CONTAINERD_BINARIES] + ["runc"]

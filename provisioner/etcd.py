@@ -6,7 +6,11 @@ and what a member's end state is. Shared by phases 94 (backup) and 95-97 (restor
     stacked   members: the kubeadm control planes; certificates /etc/kubernetes/pki/etcd;
               data /var/lib/etcd; stopped by moving its static pod manifest aside
     k3s       members: the k3s servers (embedded etcd); snapshots by `k3s etcd-snapshot`;
-              data /var/lib/rancher/k3s/server/db; stopped with k3s
+              data /var/lib/rancher/k3s/server/db; stopped with k3s; restored the k3s way
+              (`k3s server --cluster-reset --cluster-reset-restore-path` on the first server,
+              the others rejoin with their db dir moved aside): k3s picks the new IDs itself,
+              so where a k3s member stands is read from what the restore left there
+              (`k3s_marker`), not from IDs
 
 A restore gives the cluster a NEW cluster token. etcd derives every member ID from its peer
 URLs and that token, and the cluster ID from the member IDs (`member_id`, `cluster_id`, as
@@ -38,6 +42,7 @@ RESTORE_SNAPSHOT = f"{WORK_DIR}/restore.db"
 
 # probe command names (facts.commands)
 STATUS, HEALTHY, WAL, TOOLS = "etcd-status", "etcd-healthy", "etcd-wal", "etcd-tools"
+K3S_RESTORED = "k3s-restored"  # the k3s restore markers on a server (k3s_marker)
 
 
 def kind(c: Cluster) -> str:
@@ -152,7 +157,10 @@ print(json.dumps(meta(sys.argv[1])))
 def probes(c: Cluster, node: Node) -> dict:
     """What the facts probe reads on a member for backup and restore."""
     if kind(c) == K3S:
-        return {"paths": [f"{K3S_DB}/etcd/member/snap/db"]}
+        return {"paths": [f"{K3S_DB}/etcd/member/snap/db", RESTORE_SNAPSHOT],
+                "commands": {K3S_RESTORED: [
+                    "sh", "-c", f"ls -1d {WORK_DIR}/k3s-reset-* {K3S_DB}.before-restore-* "
+                    "2>/dev/null; true"]}}
     return {"paths": [APISERVER_MANIFEST, f"{ASIDE_DIR}/kube-apiserver.yaml", STACKED_MANIFEST,
                       f"{ASIDE_DIR}/etcd.yaml", RESTORE_SNAPSHOT],
             "commands": {
@@ -209,10 +217,14 @@ def member_state(ctx, node: Node) -> str | None:
     in-place  its data dir is the restored one (WAL names the restored member and cluster), it
               only needs to (re)start
     todo      anything else: stop, keep the data dir aside, restore into a fresh one
+    k3s: done when the server's part is done (k3s_marker; start-api then starts k3s), else todo.
     None when no restore is being planned."""
     want = ctx.local.get("restore")
     if not want:
         return None
+    if kind(ctx.cluster) == K3S:
+        marker = k3s_marker(ctx.cluster, node, want["stamp"])
+        return DONE if marker in ctx.command(node, K3S_RESTORED).get("out", "").split() else TODO
     ids = {"cluster_id": want["cluster_id"], "member_id": want["members"].get(node.name)}
     st = status(ctx, node)
     if st and ctx.ok(node, HEALTHY) and all(st[k] == v for k, v in ids.items()):
@@ -221,6 +233,15 @@ def member_state(ctx, node: Node) -> str | None:
     if wal and all(wal.get(k) == v for k, v in ids.items()):
         return IN_PLACE
     return TODO
+
+
+def k3s_marker(c: Cluster, node: Node, stamp: str) -> str:
+    """What the k3s restore `stamp` leaves on a server once its part is done: on the first
+    server a file written after `k3s server --cluster-reset` succeeded, on the others their
+    old db dir moved aside (they rejoin the restored cluster with none)."""
+    if node == c.first_control_plane:
+        return f"{WORK_DIR}/k3s-reset-{stamp}"
+    return f"{K3S_DB}.before-restore-{stamp}"
 
 
 def restore_pending(ctx) -> bool:

@@ -28,6 +28,7 @@ K3S_ADMIN_CONF = "/etc/rancher/k3s/k3s.yaml"
 K3S_NODE_TOKEN = "/var/lib/rancher/k3s/server/node-token"
 K3S_AGENT_CONF = "/var/lib/rancher/k3s/agent/kubelet.kubeconfig"
 K3S_TLS = "/var/lib/rancher/k3s/server/tls"
+K3S_IMAGES = "/var/lib/rancher/k3s/agent/images"  # k3s imports the tarballs here when it starts
 
 # etcd (external members)
 ETCD_PKI = "/etc/etcd/pki"

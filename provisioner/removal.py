@@ -10,7 +10,12 @@
     (haproxy pair, local proxies), /etc/hosts, the etcd configs, kubeadm-init.yaml and its
     ConfigMap, node labels: the cluster is left as `cluster.up` on the edited inventory has it.
 
-Everything that would lose data or quorum is refused before any change (`refusals`). Each
+The first control plane may leave when another stays: the `Rest` phases see the next one as
+first, so kubectl, the admin kubeconfig and (kubeadm) kubeadm-init.yaml move there; with k3s
+it gets the first server's config (cluster-init, no `server:` — k3s starts a server that
+already holds etcd data from that data and ignores both) and, without a VIP, every other k3s
+node's `server:` URL moves to it (their k3s restarts). Everything that would lose data or
+quorum is refused before any change (`refusals`). Each
 phase reads its end state from the hosts, so a rerun after a failure finishes the job. The host
 stays in the inventory until this succeeds; the caller then tells the user to delete it.
 
@@ -116,10 +121,6 @@ def refusals(ctx: ph.Context, target: Node) -> list[str]:
         if len(c.control_planes) == 1:
             out.append(f"{target.name} is the last control plane: the cluster would have no API "
                        "server (use cluster.reset to take the whole cluster down)")
-        elif target == c.first_control_plane and c.is_k3s:
-            out.append(f"{target.name} is the first k3s server (it started the embedded etcd "
-                       "with cluster-init and the others joined through it): removing it is not "
-                       "supported yet; remove another server")
         elif not c.external_etcd:
             # stacked etcd (kubeadm) or k3s embedded etcd: one member per control plane
             others = [n for n in c.control_planes if n != target]

@@ -404,16 +404,68 @@ def test_stacked_restore_stops_etcd_through_its_manifest_and_owns_the_data_as_ro
     assert list(ph.RESTORE.refusals(ctx)) == []  # the playbook installs etcdctl where missing
 
 
-def test_k3s_restore_is_refused_before_connecting(tmp_path, monkeypatch):
+def k3s_ctx(states: dict[str, str]):
+    """A k3s restore in progress: per server "todo" (k3s running, nothing done), "stopped"
+    (k3s stopped, nothing done), "done" (its part done, k3s stopped), "up" (done, k3s runs)."""
+    c = inventory.load(str(REPO / "tests/data/lab-backup-k3s.yml"))
+    stamp = "20261129T191337Z"
+    facts = {}
+    for name, st in states.items():
+        node = c.node(name)
+        markers = etcd.k3s_marker(c, node, stamp) if st in ("done", "up") else ""
+        facts[name] = Facts(name, commands={etcd.K3S_RESTORED: {"rc": 0, "out": markers + "\n"}},
+                            services={"k3s": {"active": "active" if st in ("todo", "up")
+                                              else "inactive"}})
+    ctx = ph.Context(c, {}, {}, facts=facts)
+    ctx.local["restore"] = {"token": "t", "stamp": stamp, "sha256": "ab" * 32,
+                            "cluster_id": None, "members": {}, "snapshot": "/x.db"}
+    return c, ctx
+
+
+K3S_RESTORE_CASES = [
+    # (server states, hosts with work per phase)
+    ({"bk1": "todo", "bk2": "todo", "bk3": "todo"},
+     {"stop-api": {"bk1", "bk2", "bk3"}, "restore": {"bk1", "bk2", "bk3"}}),
+    # the reset on bk1 is done, bk2 and bk3 not yet moved aside (a failure in between)
+    ({"bk1": "done", "bk2": "stopped", "bk3": "stopped"},
+     {"restore": {"bk2", "bk3"}, "start-api": {"bk1", "bk2", "bk3"}}),
+    # every part done, k3s started on bk1 only (start-api failed on bk2)
+    ({"bk1": "up", "bk2": "done", "bk3": "done"}, {"start-api": {"bk2", "bk3"}}),
+    ({"bk1": "up", "bk2": "up", "bk3": "up"}, {}),
+]
+
+
+@pytest.mark.parametrize("states, want", K3S_RESTORE_CASES)
+def test_k3s_restore_plan_follows_each_server(states, want):
+    c, ctx = k3s_ctx(states)
+    work = {p.title: set(p.work(ctx)) for p in backup.RESTORE}
+    assert {t: w for t, w in work.items() if w} == want
+
+
+def test_k3s_restore_resets_the_first_server_and_moves_the_others_db_aside():
+    c, ctx = k3s_ctx({"bk1": "stopped", "bk2": "stopped", "bk3": "todo"})
+    work = ph.RESTORE.work(ctx)
+    assert "--cluster-reset --cluster-reset-restore-path=" in " ".join(work["bk1"])
+    assert "sha256" in " ".join(work["bk1"])
+    assert work["bk3"] == ["stop k3s", "move /var/lib/rancher/k3s/server/db aside to "
+                           "/var/lib/rancher/k3s/server/db.before-restore-20261129T191337Z "
+                           "(it rejoins the restored cluster through bk1)"]
+    first, other = (ph.RESTORE.hostvars(ctx, c.node(n)) for n in ("bk1", "bk3"))
+    assert first["k3s_first"] and not other["k3s_first"]
+    assert first["restore_marker"] == f"{etcd.WORK_DIR}/k3s-reset-20261129T191337Z"
+    assert first["restore_sha256"] == "ab" * 32 and first["restore_state"] == "todo"
+
+
+def test_the_k3s_confirmation_names_the_k3s_procedure(tmp_path):
     c = dataclasses.replace(inventory.load(str(REPO / "tests/data/lab-backup-k3s.yml")),
                             state_dir=str(tmp_path / "state"))
     db = backup_pair(tmp_path, c)
     meta = json.loads(db.with_suffix(".json").read_text())
     meta.update(distribution="k3s", etcd="k3s", revision=None, cluster_id=None)
     snapshots.write_metadata(db.with_suffix(".json"), meta)
-    monkeypatch.setattr("provisioner.actions.session", lambda *a, **k: 1 / 0)
-    with pytest.raises(UserError, match="does not restore k3s yet.*--cluster-reset-restore-path"):
-        backup.restore(c, str(db))
+    text = backup.confirmation(c, snapshots.verify(str(db), c), [])
+    assert "bk1 is reset from the snapshot (k3s server --cluster-reset" in text
+    assert "IS LOST" in text
 
 
 def test_the_confirmation_says_that_later_writes_are_lost(tmp_path, cluster):

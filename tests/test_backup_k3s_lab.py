@@ -1,9 +1,11 @@
 """cluster.backup with k3s on booted lab nodes (tests/data/lab-backup-k3s.yml, bridge k8slab8).
 
 k3s cannot be had here: the servers run the TEST-ONLY stand-in, whose `k3s etcd-snapshot save`
-writes a small recorded file where real k3s writes its etcd snapshot. This proves the k3s path
-of the backup phase (which server, the command, the copy back, metadata, clean-up), not a k3s
-snapshot. Restoring k3s is refused with the manual k3s procedure, before any change.
+writes a small recorded file where real k3s writes its etcd snapshot, and whose `k3s server
+--cluster-reset --cluster-reset-restore-path` checks the flags and refusals of real k3s and
+records the reset. This proves the k3s path of backup and restore (which server, the commands
+and their order, the copies and their checksums, the db dirs moved aside, the starts one at a
+time, clean-up), not a k3s snapshot or a restored k3s cluster.
 """
 
 from __future__ import annotations
@@ -15,7 +17,6 @@ from pathlib import Path
 import pytest
 
 from provisioner import actions, backup, snapshots
-from provisioner.errors import UserError
 from tests.conftest import REPO, booted_lab
 
 pytestmark = pytest.mark.lab
@@ -29,10 +30,11 @@ def k3s_lab(tmp_path_factory):
                     tmp_path_factory.mktemp("backup-k3s-state")) as lab:
         bundle = make_standin_bundle(tmp_path_factory.mktemp("bundle"), lab.cluster)
         actions.up(lab.cluster, bundle_dir=str(bundle))
+        lab.bundle = bundle
         yield lab
 
 
-def test_k3s_backup_through_etcd_snapshot_save(k3s_lab):
+def test_k3s_backup_through_etcd_snapshot_save_then_restore_with_cluster_reset(k3s_lab):
     cluster = k3s_lab.cluster
     result = backup.backup(cluster)
     path = Path(result["path"])
@@ -50,8 +52,40 @@ def test_k3s_backup_through_etcd_snapshot_save(k3s_lab):
     rc, out, _ = k3s_lab.run("bk1", "ls -A /var/lib/provisioner/etcd")
     assert out.strip() == ""  # the member's copy is gone
 
-    with pytest.raises(UserError, match="cluster.restore does not restore k3s yet.*"
-                                        "--cluster-reset-restore-path"):
-        backup.restore(cluster, str(path))
+    restore_k3s(k3s_lab, path)
+
+
+def restore_k3s(lab, path: Path) -> None:
+    cluster = lab.cluster
+    seen = {}
+    result = backup.restore(cluster, str(path), confirm=lambda text: seen.update(text=text)
+                            or True)
+    assert "bk1 is reset from the snapshot" in seen["text"]
+    assert {p.title for p, w in result["done"] if w} == {"stop-api", "restore", "start-api"}
+    rc, out, _ = lab.run("bk1", "cat /var/lib/rancher/k3s/server/db/etcd/standin-etcd.json")
+    data = json.loads(out)
+    assert data["origin"] == "snapshot"
+    assert data["snapshot_sha256"] == snapshots.sha256_file(path)
+    starts = {}
     for n in ("bk1", "bk2", "bk3"):
-        assert k3s_lab.run(n, "systemctl is-active k3s")[1].strip() == "active"
+        rc, out, _ = lab.run(n, "cat /var/log/standin/k3s.jsonl")
+        entries = [json.loads(line) for line in out.splitlines()]
+        resets = [e for e in entries if e["result"] == "reset"]
+        last = entries[-1]
+        assert last["result"] == "running", n
+        starts[n] = last["time"]
+        if n == "bk1":
+            (reset,) = resets
+            assert reset["argv"] == ["server", "--cluster-reset",
+                                     "--cluster-reset-restore-path=/var/lib/provisioner/etcd/"
+                                     "restore.db"]
+            assert last["etcd_data"] == "snapshot" and reset["time"] < last["time"]
+        else:
+            assert resets == [] and last["etcd_data"] == "joined", n  # rejoined with no data
+            rc, out, _ = lab.run(n, "ls -d /var/lib/rancher/k3s/server/db.before-restore-*")
+            assert rc == 0 and len(out.split()) == 1, n
+        assert lab.run(n, "systemctl is-active k3s")[1].strip() == "active"
+    assert starts["bk1"] < starts["bk2"] < starts["bk3"]  # the first, then one at a time
+    assert lab.run("bk1", "ls -A /var/lib/provisioner/etcd")[1].strip() == ""
+    assert not backup.journal_path(cluster).exists()
+    assert not [w for _, w in actions.up(cluster, bundle_dir=str(lab.bundle)) if w]

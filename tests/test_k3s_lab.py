@@ -13,10 +13,12 @@ import json
 import pytest
 
 from provisioner import actions
+from provisioner import bundle as bundles
 from provisioner.state import State
 from tests.conftest import REPO, booted_lab, lab_cluster
 
 pytestmark = pytest.mark.lab
+IMAGES = "/var/lib/rancher/k3s/agent/images"
 
 
 @pytest.fixture(scope="module")
@@ -60,9 +62,20 @@ def test_k3s_cluster_up_with_stand_ins_then_rerun_changes_nothing(k3s_lab, tmp_p
     for name, unit in (("s1", "k3s"), ("s3", "k3s"), ("a1", "k3s-agent")):
         assert k3s_lab.run(name, f"systemctl is-active {unit}")[1].strip() == "active"
 
+    # the bundle's image tarball is on every node before k3s first started (k3s imports it)
+    tarball = "k3s-airgap-images-amd64.tar.zst"
+    folder = bundle / bundles.folder_name(cluster)
+    want = hashlib.sha256((folder / tarball).read_bytes()).hexdigest()
+    for name in ("s1", "s2", "s3", "a1"):
+        rc, out, _ = k3s_lab.run(name, f"sha256sum {IMAGES}/{tarball}; ls {IMAGES}")
+        assert rc == 0 and out.split() == [want, f"{IMAGES}/{tarball}", tarball], name
+        assert records(k3s_lab, name)[0]["images"] == [f"{tarball} sha256:{want}"], name
+    mtimes = {n: k3s_lab.run(n, f"stat -c %Y.%i {IMAGES}/{tarball}")[1] for n in ("s1", "a1")}
+
     again = {p.title: w for p, w in actions.up(cluster, bundle_dir=str(bundle)) if w}
     assert again == {}
     assert all(len(records(k3s_lab, n)) == 1 for n in ("s1", "s2", "s3", "a1"))
+    assert {n: k3s_lab.run(n, f"stat -c %Y.%i {IMAGES}/{tarball}")[1] for n in mtimes} == mtimes
 
 
 def invocations(lab) -> dict[tuple[str, str], str]:
@@ -125,3 +138,38 @@ def test_k3s_change_matrix(k3s_lab, tmp_path):
         assert {k for k, v in after.items() if before.get(k) != v} == restarts, what
         assert not [w for _, w in actions.up(cluster, bundle_dir=str(bundle)) if w], what
         assert invocations(k3s_lab) == after, what
+
+
+def test_remove_the_first_k3s_server(k3s_lab, tmp_path):
+    """s1 started the embedded etcd with cluster-init; once it is gone s2 takes its part: kubectl
+    (drain, delete node) runs there, it gets the first server's config (cluster-init, no server
+    URL: it keeps its etcd data), the admin kubeconfig comes from it; the edited inventory has
+    no work. Destructive: the module's last test."""
+    import yaml
+
+    from provisioner import removal
+    from tests.standins import make_standin_bundle
+
+    cluster = k3s_lab.cluster
+    bundle = str(make_standin_bundle(tmp_path / "bundle", cluster))
+    actions.up(cluster, bundle_dir=bundle)  # back from the change matrix's edits
+    did = {p.title: w for p, w in removal.remove_node(cluster, "s1", bundle_dir=bundle) if w}
+    assert list(did["drain"]) == list(did["delete-node"]) == ["s2"]
+    assert did["control-plane (without s1)"] == {
+        "s2": ["write /etc/rancher/k3s/config.yaml (changed)"]}
+    assert k3s_lab.run("s1", "systemctl is-active k3s")[1].strip() == "inactive"
+    assert k3s_lab.run("s1", "test -e /var/lib/rancher/k3s")[0] != 0
+    last = records(k3s_lab, "s2")[-1]
+    assert last["result"] == "running" and last["config"].get("cluster-init") is True
+    assert "server" not in last["config"] and last["etcd_data"] == "joined"  # its own data
+    rc, out, _ = k3s_lab.run("s2", "cat /var/lib/rancher/k3s/standin/kubectl-records.json")
+    assert json.loads(out)["s1"]["deleted"] is True
+    for name, unit in (("s2", "k3s"), ("s3", "k3s"), ("a1", "k3s-agent")):
+        assert k3s_lab.run(name, f"systemctl is-active {unit}")[1].strip() == "active"
+    data = yaml.safe_load((REPO / "tests/data/lab-k3s.yml").read_text())
+    data["all"]["vars"]["ansible_ssh_private_key_file"] = cluster.nodes[0].ssh_key
+    del data["all"]["children"]["control_plane"]["hosts"]["s1"]
+    path = tmp_path / "without-s1.yml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    edited = lab_cluster(path, cluster.state_dir)
+    assert not [w for _, w in actions.up(edited, bundle_dir=bundle, dry_run=True) if w]

@@ -13,6 +13,7 @@ from provisioner import actions, inventory, paths, runtime
 from provisioner import phases as ph
 from provisioner.phases import kube
 
+ETCD_SERVERS = import_module("provisioner.phases.32_etcd_servers").SERVERS
 LAB = inventory.load("inventories/lab.yml")
 K3S = inventory.load("inventories/k3s-ha.yml")
 SECRETS = {"bootstrap_token": "abcdef.0123456789abcdef", "certificate_key": "0" * 64,
@@ -62,7 +63,9 @@ def converged(cluster, bundle=BUNDLE):
             for path in probes.get("paths", ()):
                 files.setdefault(path, "0" * 64)
             for name in probes.get("commands", {}):
-                out = '{"%s": ""}' % kube.CONTROL_PLANE_LABEL if name == kube.LABELS else "ok"
+                out = ('{"%s": ""}' % kube.CONTROL_PLANE_LABEL if name == kube.LABELS
+                       else ",".join(cluster.etcd_endpoints) if name == ETCD_SERVERS
+                       else "ok")
                 commands[name] = {"rc": 0, "out": out}
         ctx.facts[n.name] = SimpleNamespace(
             hostname=n.name, swap_mb=0, files=files, stats=stats, commands=commands, certs={},
@@ -78,11 +81,14 @@ def work(ctx):
 def test_the_phase_modules_are_the_documented_spine():
     assert [p.title for p in actions.UP] == [
         "prepare", "runtime", "etcd", "loadbalancer", "binaries", "control-plane",
-        "join-control-plane", "join-workers", "cni", "addons", "node-meta", "kubeconfig"]
-    # 0x-1x: cluster.up; 3x: remove-node; 9x: the other day-2 actions (kubeasz's numbering)
+        "join-control-plane", "etcd-servers", "join-workers", "cni", "addons", "node-meta",
+        "kubeconfig"]
+    # 0x-1x: cluster.up; 3x: remove-node; 9x: the other day-2 actions (kubeasz's numbering).
+    # remove-node's 32 etcd-servers also runs in cluster.up (without a leaving host)
+    spine = [p for p in actions.UP if p is not ph.API_ETCD_SERVERS]
     modules = sorted(p.name for p in (Path(ph.__file__).parent).glob("[0-2][0-9]_*.py"))
-    assert len(modules) == len(actions.UP)
-    for module, phase in zip(modules, actions.UP):
+    assert len(modules) == len(spine)
+    for module, phase in zip(modules, spine):
         number = module[:2]
         assert module == f"{number}_{phase.title.replace('-', '_')}.py"
         if phase.playbook:  # beside its numbered playbook
@@ -199,6 +205,35 @@ def test_k3s_nodes_are_done_when_registered():
     ctx.facts["a1"].commands[kube.NODE] = {"rc": 1, "out": ""}
     assert work(ctx) == {"join-workers": {"a1": [
         "start k3s agent and wait until the node is registered"]}}
+
+
+def airgap_bundle(tmp_path, with_images=True):
+    files = {}
+    for name, text in (("k3s", "#!/bin/sh\n"), ("k3s-airgap-images-amd64.tar.zst", "images")):
+        if name == "k3s" or with_images:
+            (tmp_path / name).write_text(text)
+            files[name] = (tmp_path / name, hashlib.sha256(text.encode()).hexdigest())
+    return SimpleNamespace(dir=tmp_path, files=files)
+
+
+def test_k3s_airgap_images_from_the_bundle_go_to_every_k3s_node_and_restart_nothing(tmp_path):
+    bundle = airgap_bundle(tmp_path)
+    ctx = converged(K3S, bundle)
+    path = "/var/lib/rancher/k3s/agent/images/k3s-airgap-images-amd64.tar.zst"
+    for n in K3S.kube_nodes:
+        (item,) = [i for i in ctx.files(ph.BINARIES, n) if i.path == path]
+        assert item.data == b"images" and item.units == () and item.mode == 0o644
+    assert work(ctx) == {} and ph.BINARIES.notes(ctx) == []
+    ctx.facts["a1"].files[path] = None  # the tarball missing on one node: only that is work
+    assert work(ctx) == {"binaries": {"a1": [f"write {path} (new)"]}}
+
+
+def test_a_k3s_bundle_without_airgap_images_is_no_error_and_the_plan_says_nodes_pull(tmp_path):
+    ctx = converged(K3S, airgap_bundle(tmp_path, with_images=False))
+    assert work(ctx) == {}
+    (note,) = ph.BINARIES.notes(ctx)
+    assert "no k3s-airgap-images-amd64.tar.zst" in note and "will pull" in note
+    assert ph.BINARIES.notes(converged(LAB, airgap_bundle(tmp_path, False))) == []
 
 
 def test_without_a_bundle_missing_binaries_are_work_and_present_ones_are_not():
@@ -343,3 +378,18 @@ def test_without_a_bundle_up_does_every_phase_that_needs_none_then_stops():
     with pytest.raises(actions.BundleMissing, match=r"not done without it: runtime\)"):
         run.apply_all(actions.UP)
     assert ran == [("etcd", ["cp2"])]
+
+
+def test_an_added_etcd_member_goes_into_the_api_servers_list_one_at_a_time():
+    """cluster.up after the etcd phase added a member: exactly the control planes whose
+    --etcd-servers lacks it change (serially); one without the manifest yet has nothing."""
+    ctx = converged(LAB)
+    old = ",".join(LAB.etcd_endpoints[:2])
+    ctx.facts["cp1"].commands[ETCD_SERVERS] = {"rc": 0, "out": old + "\n"}
+    ctx.facts["cp3"].commands[ETCD_SERVERS] = {"rc": 2, "out": ""}  # no manifest yet
+    want = ",".join(LAB.etcd_endpoints)
+    assert work(ctx) == {"etcd-servers": {"cp1": [f"set kube-apiserver --etcd-servers={want}"]}}
+    assert ph.API_ETCD_SERVERS.serial
+    assert ph.API_ETCD_SERVERS.hostvars(ctx, LAB.node("cp1"))["etcd_servers"] == want
+    assert list(ph.API_ETCD_SERVERS.hosts(K3S)) == []
+    assert list(ph.API_ETCD_SERVERS.hosts(inventory.load("inventories/ha-kubevip.yml"))) == []

@@ -36,7 +36,12 @@ CASES = [  # (id, cluster, host, [(host, failing probe command)], refusal or Non
     ("first-control-plane", LAB, "cp1", [], None),  # cp2 becomes the first
     ("first-stacked-quorum", STACKED, STACKED.control_planes[0].name,
      [(STACKED.control_planes[1].name, kube.API)], "could lose quorum"),
-    ("first-k3s-server", K3S, K3S.control_planes[0].name, [], "is the first k3s server"),
+    ("first-k3s-server", K3S, K3S.control_planes[0].name, [], None),  # s2 becomes the first
+    ("first-k3s-server-quorum", K3S, K3S.control_planes[0].name,
+     [(K3S.control_planes[2].name, kube.NODE)], "embedded etcd"),
+    ("last-k3s-server", dataclasses.replace(K3S, nodes=tuple(
+        n for n in K3S.nodes if n.name not in ("s2", "s3"))), "s1", [],
+     "is the last control plane"),
     ("load-balancer", LAB, "lb1", [], "is a load balancer"),
     ("stacked-quorum", STACKED, STACKED.control_planes[2].name,
      [(STACKED.control_planes[1].name, kube.API)], "could lose quorum"),
@@ -149,3 +154,21 @@ def test_drain_stand_in_checks_what_kubectl_drain_checks(tmp_path, monkeypatch, 
     assert call("delete", "node", "w1")[0] == 0
     assert call("get", "node", "w1", "-o", "name", "--ignore-not-found")[1] == ""
     sys.modules.pop("tools", None)
+
+
+def test_removing_the_first_k3s_server_hands_its_part_to_the_next():
+    """s2 becomes the first server: kubectl runs there, it gets the first server's config
+    (cluster-init, no server URL), the admin kubeconfig comes from it."""
+    import yaml
+
+    ctx = converged(K3S)
+    todo = {p.title: (p, w) for p in removal.removal_phases(K3S, K3S.node("s1"))
+            if (w := p.work(ctx))}
+    assert set(todo["drain"][1]) == {"s2"} and set(todo["delete-node"][1]) == {"s2"}
+    assert set(todo["reset-node"][1]) == {"s1"}
+    phase, work = todo["control-plane (without s1)"]
+    assert work == {"s2": ["write /etc/rancher/k3s/config.yaml (changed)"]}
+    (item,) = phase.files(ctx, K3S.node("s2"))
+    config = yaml.safe_load(item.data)
+    assert config["cluster-init"] is True and "server" not in config
+    assert set(todo["kubeconfig (without s1)"][1]) == {"s2"}

@@ -194,9 +194,20 @@ def test_remove_etcd_member_then_add_it_back(lab, built, tmp_path):
     # cp3 back through cluster.up: member add, started with initial-cluster-state existing
     planned = work(actions.up(rest, bundle_dir=built, dry_run=True))
     assert any("member add" in c for c in planned["etcd"]["cp3"]), planned
+    assert set(planned["etcd-servers"]) == {"cp1", "cp2"}  # cp3 has no API server yet
     start = time.monotonic()
-    actions.up(rest, bundle_dir=built)
+    added = work(actions.up(rest, bundle_dir=built))
     TIMES["cluster.up adding cp3 back"] = time.monotonic() - start
+    # the running API servers that lacked cp3 got it (one at a time). cp3 too: the stand-in
+    # kubeadm's join writes no --etcd-servers (it has no cluster to read the ClusterConfiguration
+    # from; real kubeadm writes the list the control-plane phase just uploaded, all three)
+    assert set(added["etcd-servers"]) == {"cp1", "cp2", "cp3"}
+    assert "--etcd-servers" not in sh(lab, "cp3", "cat /var/log/standin/kubeadm.jsonl")
+    want = "etcd-servers=https://10.90.3.11:2379,https://10.90.3.12:2379,https://10.90.3.13:2379"
+    for cp in ("cp1", "cp2", "cp3"):
+        manifest = sh(lab, cp, "cat /etc/kubernetes/manifests/kube-apiserver.yaml")
+        assert [line.strip("- ") for line in manifest.splitlines()
+                if "--etcd-servers" in line] == [want], cp
     now = members(lab)
     assert set(now) == {"cp1", "cp2", "cp3"} and now["cp3"] != old["cp3"]
     assert all(healthy(lab, n) for n in ("cp1", "cp2", "cp3"))

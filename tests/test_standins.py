@@ -49,6 +49,7 @@ PYTHON = node_python()
 INIT = "/etc/kubernetes/kubeadm-init.yaml"
 JOIN = "/etc/kubernetes/kubeadm-join.yaml"
 K3S = "/etc/rancher/k3s/config.yaml"
+K3S_ETCD = "/var/lib/rancher/k3s/server/db/etcd/standin-etcd.json"
 
 
 def make_ca() -> bytes:
@@ -616,6 +617,53 @@ def test_k3s_etcd_snapshot_save_needs_a_running_server_and_writes_a_recorded_fil
         proc.communicate(timeout=10)
     saved = [e for e in node.log("k3s") if e["result"] == "saved"]
     assert len(saved) == 1 and saved[0]["snapshot"] == f"/var/lib/x/{snap.name}"
+
+
+def test_k3s_cluster_reset_restores_a_snapshot_as_k3s_does(nodes, k3s_cluster, k3s_bundle):
+    """`k3s server --cluster-reset --cluster-reset-restore-path` (cluster.restore): the flag
+    rules and refusals of real k3s, then the reset itself, which exits."""
+    rendered = render.render(k3s_cluster, make_secrets())
+    node = nodes("s1", bundle=k3s_bundle)
+    place(node, rendered, "s1")
+    proc, _ = run_until_ready(node, "server")
+    try:
+        assert node.run("k3s", "etcd-snapshot", "save", "--dir", "/snap").returncode == 0
+        (snap,) = node.path("/snap").iterdir()
+        snap_path = f"/snap/{snap.name}"
+        r = node.run("k3s", "server", "--cluster-reset")
+        assert r.returncode == 1 and "the k3s service still runs" in r.stderr
+    finally:
+        proc.terminate()
+        proc.communicate(timeout=10)
+    before = json.loads(node.path(K3S_ETCD).read_text())
+    assert before["origin"] == "cluster-init"
+    r = node.run("k3s", "server", f"--cluster-reset-restore-path={snap_path}")
+    assert r.returncode == 1
+    assert "invalid flag use; --cluster-reset required with --cluster-reset-restore-path" in r.stderr
+    r = node.run("k3s", "server", "--cluster-reset", "--cluster-reset-restore-path=/snap/none")
+    assert r.returncode == 1 and "snapshot path does not exist: /snap/none" in r.stderr
+    node.put("/snap/other", "not a snapshot\n")
+    r = node.run("k3s", "server", "--cluster-reset", "--cluster-reset-restore-path=/snap/other")
+    assert r.returncode == 1 and "is not an etcd snapshot" in r.stderr
+    r = node.run("k3s", "server", "--cluster-reset", f"--cluster-reset-restore-path={snap_path}")
+    assert r.returncode == 0, r.stderr
+    assert "restart without --cluster-reset flag now" in r.stderr
+    after = json.loads(node.path(K3S_ETCD).read_text())
+    assert after["origin"] == "snapshot" and after["snapshot_of"] == before["cluster"]
+    assert after["cluster"] != before["cluster"]  # a new one-member cluster
+    old = [p.name for p in node.path("/var/lib/rancher/k3s/server/db").iterdir()
+           if p.name.startswith("etcd-old-")]
+    assert len(old) == 1
+    r = node.run("k3s", "server", "--cluster-reset", f"--cluster-reset-restore-path={snap_path}")
+    assert r.returncode == 1 and "previously reset" in r.stderr
+    node.path("/run/notify.sock").unlink()
+    proc, _ = run_until_ready(node, "server")
+    proc.terminate()
+    proc.communicate(timeout=10)
+    results = [(e["result"], e.get("etcd_data")) for e in node.log("k3s")
+               if e["argv"][:1] == ["server"]]
+    assert results[0] == ("running", "cluster-init") and results[-1] == ("running", "snapshot")
+    assert [r for r, _ in results].count("reset") == 1
 
 
 def test_k3s_refuses_a_flag_its_role_does_not_have(nodes, k3s_cluster, k3s_bundle):

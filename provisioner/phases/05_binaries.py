@@ -1,7 +1,12 @@
 """Phase binaries (kube nodes; needs the bundle) ↔ playbooks/05-binaries.yml: kubeadm, kubelet,
 kubectl, crictl and the CNI plugins (or k3s) from the checked bundle, and the units that run
 them. A different version than the nodes run is refused before any change (see
-provisioner.actions: that is `cluster.upgrade`)."""
+provisioner.actions: that is `cluster.upgrade`).
+
+k3s: when the bundle holds k3s's image tarball (`k3s-airgap-images-<arch>.tar.zst`, as
+bundle.fetch names it), every k3s node gets it in /var/lib/rancher/k3s/agent/images/ before k3s
+first starts, which imports it from there: the node needs no registry for k3s's own images.
+Without it the nodes pull those images (`notes` says so in the plan)."""
 
 from __future__ import annotations
 
@@ -13,6 +18,14 @@ from .base import Item, Phase, service_running
 
 BINARIES = ("kubeadm", "kubelet", "kubectl", "crictl", "k3s")
 UNITS = {"kubelet": ("kubelet",), "k3s": ("k3s", "k3s-agent")}
+AIRGAP = "k3s-airgap-images-{arch}.tar.zst"
+
+
+def airgap_images(bundle) -> list[str]:
+    """The k3s image tarballs of the bundle (one per architecture it was fetched for)."""
+    prefix, suffix = AIRGAP.split("{arch}")
+    return sorted(n for n in (bundle.files if bundle else ())
+                  if n.startswith(prefix) and n.endswith(suffix) and "/" not in n)
 
 
 class Binaries(Phase):
@@ -36,6 +49,10 @@ class Binaries(Phase):
                     yield Item(f"{paths.CNI_BIN_DIR}/{name.split('/', 1)[1]}",
                                Path(path).read_bytes(), 0o755)
         if c.is_k3s:
+            # read by k3s when it starts (no restart for a new tarball: an upgrade restarts it)
+            for name in airgap_images(ctx.bundle):
+                yield Item(f"{paths.K3S_IMAGES}/{name}", ctx.bundle.files[name][0].read_bytes(),
+                           0o644)
             yield Item(f"/etc/systemd/system/{unit}.service",
                        template("etc/systemd/system/k3s.service.j2", c, node, s), units=(unit,))
         else:
@@ -69,6 +86,14 @@ class Binaries(Phase):
                 yield "install " + ", ".join(missing) + " from the bundle"
         if self.joined(ctx, node):
             yield from service_running(ctx, node, "kubelet")
+
+    def notes(self, ctx) -> list[str]:
+        """What the plan should say about the bundle beyond the work per host."""
+        if ctx.cluster.is_k3s and ctx.bundle is not None and not airgap_images(ctx.bundle):
+            return [f"the bundle {ctx.bundle.dir} has no {AIRGAP.format(arch='amd64')}: k3s "
+                    "nodes will pull their system images (pause, CoreDNS, ...) from registries "
+                    "(or registry_mirrors) when k3s starts"]
+        return []
 
     def hostvars(self, ctx, node):
         return {"kubelet_joined": self.joined(ctx, node)}

@@ -9,7 +9,13 @@ provisioner edits just that line; the kubelet restarts the API server when its m
 The ClusterConfiguration itself (kubeadm-init.yaml on the first control plane and the
 kubeadm-config ConfigMap that later joins and upgrades read) follows from the control-plane
 phase run on the cluster without the host (it uploads the changed config). Done: the manifest's
-flag lists exactly the remaining members."""
+flag lists exactly the remaining members.
+
+The same phase without a target (UP_PHASE, in cluster.up after the control planes joined) makes
+every API server's flag list exactly the inventory's members: after the etcd phase added a
+member, the control planes whose list lacks it get it, one at a time (only those whose list
+changed restart). A control plane without the manifest yet (before kubeadm init or join) has
+nothing to change: kubeadm writes the whole list from the ClusterConfiguration."""
 
 from __future__ import annotations
 
@@ -25,13 +31,19 @@ class EtcdServers(Removal):
     playbook = "32-etcd-servers.yml"
     serial = True
 
+    def after(self, c):
+        """The cluster once this phase's change is done: without the leaving host, if any."""
+        return remaining(c, self.target) if self.target is not None else c
+
     def hosts(self, c):
-        if self.target is None or self.target not in c.etcd_members:
+        if self.target is None:
+            return c.control_planes if c.external_etcd and not c.is_k3s else ()
+        if self.target not in c.etcd_members:
             return ()
         return remaining(c, self.target).control_planes
 
     def want(self, c) -> str:
-        return ",".join(remaining(c, self.target).etcd_endpoints)
+        return ",".join(self.after(c).etcd_endpoints)
 
     def probes(self, c, node):
         return {"commands": {SERVERS: ["sed", "-n", r"s/^ *- --etcd-servers=//p",
@@ -52,3 +64,4 @@ class EtcdServers(Removal):
 
 
 PHASE = EtcdServers()
+UP_PHASE = EtcdServers()  # no target: cluster.up's, for members added (see the docstring)

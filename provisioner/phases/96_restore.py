@@ -8,7 +8,14 @@ Where each member stands comes from its end state only (provisioner/etcd.py `mem
 healthy in the restored cluster (done), the restored data dir in place (start it), or anything
 else (restore). So a rerun after a failure in the middle finishes the job. The restore to do
 is ctx.local["restore"]: {token, cluster_id, members: {name: member ID}, stamp, sha256,
-snapshot (controller path)}, made by the action (provisioner/backup.py)."""
+snapshot (controller path)}, made by the action (provisioner/backup.py).
+
+k3s (as k3s documents for embedded etcd): with k3s stopped on every server (phase stop-api),
+the snapshot goes to the first server only, is checked there by sha256, and `k3s server
+--cluster-reset --cluster-reset-restore-path=<snapshot>` runs there once (k3s keeps its old
+data as db/etcd-old-<time> and exits); every other server's db dir is moved aside to
+db.before-restore-<stamp> so that it rejoins the restored cluster with no data of its own.
+Phase start-api then starts the first server, then the others one at a time."""
 
 from __future__ import annotations
 
@@ -24,7 +31,7 @@ class Restore(Phase):
     playbook = "96-restore.yml"
 
     def hosts(self, c):
-        return () if etcd.kind(c) == etcd.K3S else etcd.members(c)
+        return etcd.members(c)
 
     def probes(self, c, node):
         return etcd.probes(c, node)
@@ -48,6 +55,9 @@ class Restore(Phase):
         if state in (None, etcd.DONE):
             return
         r = ctx.local["restore"]
+        if etcd.kind(ctx.cluster) == etcd.K3S:
+            yield from k3s_checks(ctx, node, r)
+            return
         stop = ("stop etcd" if etcd.kind(ctx.cluster) == etcd.EXTERNAL
                 else "stop etcd (its static pod manifest aside)")
         if state == etcd.TODO:
@@ -61,6 +71,12 @@ class Restore(Phase):
 
     def hostvars(self, ctx, node):
         c, r = ctx.cluster, ctx.local["restore"]
+        if etcd.kind(c) == etcd.K3S:
+            return {"etcd_kind": etcd.K3S, "restore_state": etcd.member_state(ctx, node),
+                    "k3s_first": node == c.first_control_plane, "k3s_db": etcd.K3S_DB,
+                    "restore_snapshot": etcd.RESTORE_SNAPSHOT, "restore_sha256": r["sha256"],
+                    "restore_marker": etcd.k3s_marker(c, node, r["stamp"]),
+                    "restore_stamp": r["stamp"]}
         return {"restore_state": etcd.member_state(ctx, node), "restore_name": node.name,
                 "restore_peer_url": etcd.peer_url(node),
                 "restore_initial_cluster": etcd.initial_cluster(c),
@@ -73,14 +89,30 @@ class Restore(Phase):
 
     def run(self, run, nodes):
         todo = [n for n in nodes if etcd.member_state(run.ctx, n) == etcd.TODO]
+        if run.cluster.is_k3s:  # only the first server restores from the file
+            todo = [n for n in todo if n == run.cluster.first_control_plane]
         push(run, todo)
         run.converge(self, nodes)
 
     def cleanup(self, run) -> None:
-        """Remove the pushed snapshot from the members once the restore is done."""
+        """Remove the pushed snapshot (and k3s's restore markers) once the restore is done."""
         names = [n.name for n in self.hosts(run.cluster)]
         if names:
-            run.pool.run(f"rm -f {shlex.quote(etcd.RESTORE_SNAPSHOT)}", hosts=names, timeout=60)
+            run.pool.run(f"rm -f {shlex.quote(etcd.RESTORE_SNAPSHOT)} {etcd.WORK_DIR}/k3s-reset-*",
+                         hosts=names, timeout=60)
+
+
+def k3s_checks(ctx, node, r):
+    c = ctx.cluster
+    if ctx.facts[node.name].active("k3s"):
+        yield "stop k3s"
+    if node == c.first_control_plane:
+        yield (f"copy the snapshot ({r['sha256'][:12]}...) to {etcd.RESTORE_SNAPSHOT}, check its "
+               f"sha256, then `k3s server --cluster-reset --cluster-reset-restore-path="
+               f"{etcd.RESTORE_SNAPSHOT}` (k3s keeps its old data as {etcd.K3S_DB}/etcd-old-*)")
+    else:
+        yield (f"move {etcd.K3S_DB} aside to {etcd.k3s_marker(c, node, r['stamp'])} (it rejoins "
+               f"the restored cluster through {c.first_control_plane.name})")
 
 
 def push(run, nodes) -> None:

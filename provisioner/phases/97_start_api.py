@@ -1,8 +1,9 @@
 """Phase start-api (action cluster.restore, after every etcd member is healthy in the restored
 cluster): the API servers start again. kubeadm: the kube-apiserver manifest that phase stop-api
 put aside goes back into /etc/kubernetes/manifests (then, where the kubelet runs, wait until
-the API answers on this node); k3s: k3s starts, the first server first. From the end state
-only: a manifest aside and none in place, or k3s not running. Over SSH, no playbook."""
+the API answers on this node); k3s: k3s starts, the first server first, then the others one at
+a time. From the end state only: a manifest aside and none in place, or k3s not running. Over
+SSH, no playbook."""
 
 from __future__ import annotations
 
@@ -54,8 +55,11 @@ class StartApi(Phase):
     def run(self, run, nodes):
         c = run.cluster
         first = [n for n in nodes if n == c.first_control_plane]
+        rest = [n for n in nodes if n not in first]
+        # k3s: the first server (restored) first, then the others rejoin it one at a time
+        batches = [first] + ([[n] for n in rest] if c.is_k3s else [rest])
         bad = {}
-        for batch in (first, [n for n in nodes if n not in first]):  # k3s: the first server first
+        for batch in batches:
             if not batch:
                 continue
             for n in batch:

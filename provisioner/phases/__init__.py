@@ -1,7 +1,8 @@
 """The phases, one module each beside its numbered playbook (provisioner/playbooks/NN-*.yml).
 
     01 prepare → 02 runtime → 03 etcd → 04 loadbalancer → 05 binaries → 06 control-plane
-    → 07 join-control-plane → 08 join-workers → 09 cni → 10 addons → 11 node-meta
+    → 07 join-control-plane → 32 etcd-servers (every API server's --etcd-servers: a member
+    added) → 08 join-workers → 09 cni → 10 addons → 11 node-meta
     → 12 kubeconfig
     upgrade: 93 upgrade-control-plane → 93 upgrade-nodes
     backup:  94 backup
@@ -51,12 +52,14 @@ CERTS = _phase("98_certs")
 # cluster.remove-node (provisioner/removal.py)
 DRAIN = _phase("31_drain")
 ETCD_SERVERS = _phase("32_etcd_servers")
+API_ETCD_SERVERS = import_module(f"{__name__}.32_etcd_servers").UP_PHASE
 ETCD_LEAVE = _phase("33_etcd_leave")
 RESET_NODE = _phase("34_reset_node")
 DELETE_NODE = _phase("35_delete_node")
 
 ALL: tuple[Phase, ...] = (PREPARE, RUNTIME, ETCD, LOADBALANCER, BINARIES, CONTROL_PLANE,
-                          JOIN_CONTROL_PLANE, JOIN_WORKERS, CNI, ADDONS, NODE_META, KUBECONFIG)
+                          JOIN_CONTROL_PLANE, API_ETCD_SERVERS, JOIN_WORKERS, CNI, ADDONS,
+                          NODE_META, KUBECONFIG)
 
 __all__ = ["ALL", "Context", "Item", "Phase", "kubectl", "service_running"] + [
     "PREPARE", "RUNTIME", "ETCD", "LOADBALANCER", "BINARIES", "CONTROL_PLANE",

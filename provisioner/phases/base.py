@@ -103,6 +103,10 @@ class Phase:
         """End state beyond the files: what this phase would still do on the host."""
         return ()
 
+    def notes(self, ctx: Context) -> list[str]:
+        """Lines for the plan that are no work on a host (e.g. what the bundle lacks)."""
+        return []
+
     def probes(self, c: Cluster, node: Node) -> dict:
         """What the facts probe must read for the checks: {"paths": [...], "commands":
         {name: argv}, "certs": [...]}."""

@@ -104,6 +104,9 @@ def plan(c, inventory=DEFAULT_INVENTORY, bundle=None, from_=None, trust_new_host
         print(f"warning: preflight: {p}")
     n = print_plan(result)
     print(f"{n} change(s) pending" if n else "cluster is converged: nothing to do")
+    for phase, _work in result:
+        for line in phase.notes(run.ctx):
+            print(f"note: {line}")
     from ..removal import strays
 
     for line in strays(cluster):

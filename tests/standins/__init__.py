@@ -50,6 +50,11 @@ use Debian's containernetworking-plugins package instead (installed by the binar
 /usr/lib/cni), so this stand-in bundle ships no plugin.
 """
 
+AIRGAP_TEXT = """\
+stand-in k3s-airgap-images for {version} (TEST-ONLY): named like the k3s release's image
+tarball so that the bundle and the binaries phase take the real path; it holds no image.
+"""
+
 
 def build_tool(name: str, version: str) -> bytes:
     """One stand-in as an executable zip application: `#!/usr/bin/env python3` + zip."""
@@ -108,10 +113,11 @@ def runtime_binaries(log=print) -> dict[str, Path]:
 
 
 def make_standin_bundle(dest: Path, cluster: Cluster, arch: str = "amd64",
-                        runtime: bool | None = None) -> Path:
+                        runtime: bool | None = None, airgap: bool = True) -> Path:
     """A bundle of stand-ins for the cluster's distribution and version under dest; returns
     dest (what `--bundle` takes). runtime: carry the real containerd and runc (default: when
-    the cluster takes them from the bundle; fetched once, see runtime_binaries)."""
+    the cluster takes them from the bundle; fetched once, see runtime_binaries). k3s: with
+    `airgap`, also a small stand-in file named like k3s's image tarball."""
     dest = Path(dest)
     folder = dest / bundles.folder_name(cluster, arch)
     folder.mkdir(parents=True, exist_ok=True)
@@ -122,9 +128,8 @@ def make_standin_bundle(dest: Path, cluster: Cluster, arch: str = "amd64",
     files: dict[str, bytes] = {}
     if cluster.is_k3s:
         files["k3s"] = build_tool("k3s", version)
-        # TEST-ONLY: not a zstd archive of images; no test imports it
-        files[f"k3s-airgap-images-{arch}.tar.zst"] = (
-            f"stand-in: TEST-ONLY placeholder for the k3s {version} airgap images\n").encode()
+        if airgap:  # what bundle.fetch saves from the k3s release: here a marker, not images
+            files[f"k3s-airgap-images-{arch}.tar.zst"] = AIRGAP_TEXT.format(version=version).encode()
     else:
         for name, v in (("kubeadm", version), ("kubelet", version), ("kubectl", version),
                         ("crictl", pin.crictl)):

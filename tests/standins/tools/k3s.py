@@ -17,7 +17,18 @@ telling systemd it is ready) and systemd's Restart= starts it again, as with rea
 `etcd-snapshot save [--dir D] [--name N]` (TEST-ONLY, for cluster.backup) needs a running
 server with the embedded etcd, and writes `D/N-<node>-<unix time>` as real k3s names it: a small
 file that says it is a stand-in and holds the node's recorded k3s state, 0600; the call is
-recorded. It is not an etcd snapshot and nothing can be restored from it.
+recorded. It is not an etcd snapshot.
+
+The embedded etcd's data is a small record in /var/lib/rancher/k3s/server/db/etcd/ (ETCD_RECORD:
+which cluster it belongs to, whether it came from a snapshot). `server --cluster-reset
+[--cluster-reset-restore-path=P]` (cluster.restore) does what k3s does, then exits: it refuses
+a restore path without --cluster-reset ("invalid flag use"), a path that does not exist or is
+not a (stand-in) snapshot, a server whose k3s unit still runs, and a second reset while
+db/reset-flag from an earlier one is there; it moves the old data to db/etcd-old-<unix time>,
+writes the snapshot's data (or, without a path, the old data as a one-member cluster) as a new
+cluster, writes db/reset-flag and says to restart without the flag. A later start records
+whether its etcd data was restored, kept, or made fresh (a joining server whose db dir was
+removed gets fresh data from the cluster it joins).
 """
 
 from __future__ import annotations
@@ -63,11 +74,16 @@ def main(tool: Tool, argv: list[str]) -> int:
     try:
         config = settings(tool, role, argv[1:])
         check(tool, role, config)
+        if role == "server" and config.get("cluster-reset"):
+            cluster_reset(tool, config)
+            tool.record(argv, "reset", role=role, config=config)
+            return 0
         run_steps(tool, role, config)
     except Failed as e:
         tool.record(argv, "error: " + str(e).splitlines()[0], role=role, config=config)
         raise
-    tool.record(argv, "running", role=role, config=config)
+    tool.record(argv, "running", role=role, config=config, images=airgap_images(tool),
+                etcd_data=state.load(tool, ETCD_RECORD).get("origin"))
     tool.say(f"{role}: config is valid; sleeping (stand-in: no Kubernetes is running)")
     unit = UNITS[role]
     state.mark_unit(tool, unit, True)
@@ -101,12 +117,86 @@ def etcd_snapshot(tool: Tool, argv: list[str]) -> int:
     directory = str(opts.get("dir") or opts.get("etcd-snapshot-dir") or SNAPSHOT_DIR)
     name = str(opts.get("name") or opts.get("etcd-snapshot-name") or "on-demand")
     path = f"{directory}/{name}-{s.get('node') or state.hostname()}-{int(time.time())}"
-    tool.write(path, f"# {MARK}\n# stand-in k3s etcd snapshot (TEST-ONLY): not etcd data, "
-               "nothing can be restored from it\n" + json.dumps(s, sort_keys=True) + "\n", 0o600)
+    data = {**s, "etcd_data": state.load(tool, ETCD_RECORD)}
+    tool.write(path, f"# {MARK}\n{SNAPSHOT_MARK}: not etcd data; only the stand-in's "
+               "cluster-reset reads it\n" + json.dumps(data, sort_keys=True) + "\n", 0o600)
     tool.record(argv, "saved", snapshot=path)
     tool.say(f"etcd-snapshot: saved {path} (stand-in)", err=True)
     return 0
 LB_FILE = "/var/lib/rancher/k3s/agent/etc/k3s-agent-load-balancer.json"
+IMAGES_DIR = "/var/lib/rancher/k3s/agent/images"
+
+
+def airgap_images(tool: Tool) -> list[str]:
+    """The image tarballs k3s would import at this start: "NAME sha256:HEX" for every file in
+    the agent images folder (k3s imports the tarballs it finds there when it starts)."""
+    import hashlib
+
+    folder = tool.path(IMAGES_DIR)
+    return sorted(f"{p.name} sha256:{hashlib.sha256(p.read_bytes()).hexdigest()}"
+                  for p in (folder.iterdir() if folder.is_dir() else ()) if p.is_file())
+
+
+DB = "/var/lib/rancher/k3s/server/db"
+ETCD_RECORD = f"{DB}/etcd/standin-etcd.json"
+RESET_FLAG = f"{DB}/reset-flag"
+SNAPSHOT_MARK = "# stand-in k3s etcd snapshot (TEST-ONLY)"
+
+
+def etcd_data(tool: Tool, c: dict, name: str) -> None:
+    """The embedded etcd's data at a server's etcd step: kept when there is some (a restart,
+    or the data a reset restored); else a new cluster (cluster-init) or the cluster joined."""
+    if state.load(tool, ETCD_RECORD):
+        return
+    origin = {"origin": "joined", "server": str(c["server"])} if c.get("server") else \
+        {"origin": "cluster-init"}
+    state.save(tool, ETCD_RECORD, {**origin, "member": name, "cluster": os.urandom(8).hex()})
+
+
+def cluster_reset(tool: Tool, c: dict) -> None:
+    """`k3s server --cluster-reset [--cluster-reset-restore-path P]` (module docstring)."""
+    path = c.get("cluster-reset-restore-path")
+    if state.unit_active(tool, "k3s"):
+        raise Failed('level=fatal msg="starting kubernetes: preparing server: start managed '
+                     'database: etcd: the k3s service still runs on this node (listen tcp '
+                     '127.0.0.1:2380: bind: address already in use): stop it first"')
+    if tool.path(RESET_FLAG).exists():
+        raise Failed('level=fatal msg="Managed etcd cluster membership was previously reset, '
+                     'please remove the cluster-reset flag and start k3s normally. If you need '
+                     'to perform another cluster reset, you must first manually delete the file '
+                     f'at {RESET_FLAG}"')
+    restored = None
+    if path:
+        p = tool.path(str(path))
+        if not p.is_file():
+            raise Failed(f'level=fatal msg="starting kubernetes: preparing server: start managed '
+                         f'database: etcd: snapshot path does not exist: {path}"')
+        text = p.read_text(errors="replace")
+        if SNAPSHOT_MARK not in text:
+            raise Failed(f'level=fatal msg="snapshot restore: {path} is not an etcd snapshot '
+                         '(stand-in: not written by the stand-in k3s etcd-snapshot save)"')
+        import hashlib
+
+        try:
+            taken = json.loads(text.splitlines()[-1]).get("etcd_data") or {}
+        except (ValueError, IndexError, AttributeError):
+            raise Failed(f'level=fatal msg="snapshot restore: {path}: damaged snapshot"') from None
+        restored = {"origin": "snapshot", "snapshot_of": taken.get("cluster"),
+                    "snapshot_sha256": hashlib.sha256(p.read_bytes()).hexdigest()}
+    old = state.load(tool, ETCD_RECORD)
+    if not (old or restored):
+        raise Failed('level=fatal msg="etcd: no etcd data on this server to reset (and no '
+                     '--cluster-reset-restore-path)"')
+    etcd_dir = tool.path(f"{DB}/etcd")
+    if etcd_dir.exists():
+        etcd_dir.rename(tool.path(f"{DB}/etcd-old-{int(time.time())}"))
+    name = str(c.get("node-name") or state.hostname())
+    state.save(tool, ETCD_RECORD, {**(restored or {"origin": "reset", "from": old.get("cluster")}),
+                                   "member": name, "cluster": os.urandom(8).hex()})
+    tool.write(RESET_FLAG, f"# {MARK}\n", 0o600)
+    tool.say('level=info msg="Managed etcd cluster membership has been reset, restart without '
+             '--cluster-reset flag now. Backup and delete ${datadir}/server/db on each peer etcd '
+             'server and rejoin the nodes" (stand-in)', err=True)
 
 
 def steps_for(role: str, c: dict) -> list[str]:
@@ -126,10 +216,13 @@ def run_steps(tool: Tool, role: str, c: dict) -> None:
     old = state.load(tool, state.K3S_STATE)
     same = old.get("node") == name and old.get("role") == role
     s = {"tool": "stand-in k3s (TEST-ONLY)", "node": name, "role": role,
+         "version": tool.version,  # what this node reports (kubectl get node) until a restart
          "etcd": role == "server" and bool(c.get("server") or c.get("cluster-init")),
          "steps": [], "registered": bool(same and old.get("registered"))}
     port = c.get("https-listen-port", 6443)
     actions = {
+        "etcd": lambda: etcd_data(tool, c, name),
+        "etcd-join": lambda: etcd_data(tool, c, name),
         "node-token": lambda: put(tool, NODE_TOKEN, f"# {MARK}\n# k3s keeps the join token "
                                   "here; the stand-in does not.\n"),
         "kubeconfig": lambda: put(tool, str(c.get("write-kubeconfig") or ADMIN_KUBECONFIG),
@@ -258,6 +351,9 @@ def check(tool: Tool, role: str, c: dict) -> None:
         raise Failed('level=fatal msg="--token is required"' + (
             "" if role == "agent" else " (a server joining with --server needs the cluster "
             "token)"))
+    if c.get("cluster-reset-restore-path") and not c.get("cluster-reset"):
+        raise Failed('level=fatal msg="invalid flag use; --cluster-reset required with '
+                     '--cluster-reset-restore-path"')
     if role == "server" and c.get("server") and c.get("cluster-init"):
         raise Failed("level=fatal msg=\"--cluster-init and --server: the stand-in expects only "
                      "the first server to run cluster-init\"")

@@ -224,15 +224,15 @@ def node_kubelet_version(tool: Tool, view: dict, name: str) -> str:
     """.status.nodeInfo.kubeletVersion of the local node."""
     if name != view["node"] or not view["registered"]:
         raise Failed(f'Error from server (NotFound): nodes "{name}" not found')
-    if tool.name == "k3s":
-        return tool.version
+    if tool.name == "k3s":  # the k3s that last started here, not the binary on disk
+        return str(state.load(tool, state.K3S_STATE).get("version") or "")
     return running_kubelet(tool) or ""
 
 
 def raw_version(tool: Tool) -> str:
     """`get --raw /version` of this node's API server."""
-    if tool.name == "k3s":
-        v = tool.version
+    if tool.name == "k3s":  # the API server of the k3s that runs here
+        v = str(state.load(tool, state.K3S_STATE).get("version") or tool.version)
     else:
         v = control_plane_version(state.load(tool, state.KUBEADM_STATE), tool)
     major, minor, _ = parse(v)
