@@ -7,6 +7,8 @@
         cni-plugins/                   # from the containernetworking/plugins tarball
         SHA256SUMS                     # sha256 of every file above (`sha256sum -c` reads it)
         SOURCES.json                   # where each file came from (lets a rerun skip it)
+        images/*.tar                   # kubeadm: one OCI archive per image (provisioner.images)
+        IMAGES.json                    # image ref -> archive, manifest digest, source
 
 `fetch` downloads from the upstream release sites (or mirrors of them) and checks every file
 against its published checksum before moving it into place; `locate` finds the folder for a
@@ -30,6 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from . import images
 from .errors import UserError
 from .model import Cluster
 
@@ -78,6 +81,7 @@ class Artifact:
 class Bundle:
     dir: Path
     files: dict[str, tuple[Path, str]] = field(default_factory=dict)  # name -> (path, sha256)
+    images: dict[str, dict] | None = None  # IMAGES.json; None: a bundle of binaries only
 
 
 # ---------------------------------------------------------------------------------------------
@@ -187,12 +191,15 @@ def default_dir(cluster: Cluster, bundle_dir: Path | str | None = None) -> Path:
     return Path(bundle_dir or cluster.bundle_dir or DEFAULT_DIR)
 
 
-def locate(cluster: Cluster, bundle_dir: Path | None = None, arch: str = "amd64") -> Bundle | None:
+def locate(cluster: Cluster, bundle_dir: Path | None = None, arch: str = "amd64",
+           deep: bool = False) -> Bundle | None:
     """The verified bundle folder for this cluster, or None when ./bundle has none.
 
     A folder named by --bundle or bundle_dir must hold the cluster's version (UserError
     otherwise). Every file listed in SHA256SUMS must be present and match; anything else is a
-    UserError naming the file. The binaries the cluster needs must all be listed."""
+    UserError naming the file. The binaries the cluster needs must all be listed; with images
+    (IMAGES.json), every image the cluster needs too (deep: each archive's blobs checked
+    against their digests, what bundle.verify does)."""
     folder = default_dir(cluster, bundle_dir)
     if folder.name != folder_name(cluster, arch):  # --bundle may name the inner folder too
         folder = folder / folder_name(cluster, arch)
@@ -222,7 +229,7 @@ def locate(cluster: Cluster, bundle_dir: Path | None = None, arch: str = "amd64"
     if absent:
         raise UserError(f"{folder}: {', '.join(absent)} missing from {SUMS}: the bundle is "
                         f"incomplete (rerun bundle.fetch into {folder.parent})")
-    return Bundle(folder, files)
+    return Bundle(folder, files, images.check(cluster, folder, sums, deep=deep))
 
 
 def missing_message(cluster: Cluster, bundle_dir: Path | str | None = None) -> str:

@@ -391,7 +391,7 @@ def test_tasks_fetch_and_verify(tmp_path, release, cluster):
     inventory.write_text((ROOT / "inventories/single.yml").read_text())
     dest = tmp_path / "bundle"
     r = invoke("bundle.fetch", "-i", str(inventory), "--dest", str(dest),
-               "--mirror", release.url, "--github-mirror", release.url + "/gh")
+               "--mirror", release.url, "--github-mirror", release.url + "/gh", "--no-images")
     assert r.returncode == 0, r.stderr
     assert "8 files" in r.stdout and "verified" in r.stdout
     r = invoke("bundle.verify", "-i", str(inventory), "--bundle", str(dest))

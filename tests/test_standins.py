@@ -168,7 +168,13 @@ def test_standin_bundle_has_the_real_layout_and_verifies(tmp_path, lab_cluster):
     dest = make_standin_bundle(tmp_path / "a", lab_cluster)
     found = bundles.locate(lab_cluster, dest)
     assert found is not None
-    assert set(found.files) == {"kubeadm", "kubelet", "kubectl", "crictl", "cni-plugins/README.md"}
+    from provisioner import images
+
+    refs = [i.ref for i in images.needed(lab_cluster)]
+    assert set(found.files) == {"kubeadm", "kubelet", "kubectl", "crictl", "cni-plugins/README.md"
+                                } | {f"images/{images.archive_name(r)}" for r in refs}
+    assert sorted(found.images) == sorted(refs)  # IMAGES.json: every image the cluster needs
+    assert bundles.locate(lab_cluster, dest, deep=True).images == found.images  # blobs check
     # deterministic: a rebuilt bundle has the same bytes, so a second `up` pushes nothing new
     again = make_standin_bundle(tmp_path / "b", lab_cluster)
     name = bundles.folder_name(lab_cluster)

@@ -24,6 +24,7 @@ from pathlib import Path
 
 from provisioner import bundle as bundles
 from provisioner.model import Cluster
+from provisioner.versions import IMAGES
 
 HERE = Path(__file__).resolve().parent
 TOOLS = HERE / "tools"
@@ -66,9 +67,11 @@ def build_tool(name: str, version: str) -> bytes:
     return buf.getvalue()
 
 
-def make_standin_bundle(dest: Path, cluster: Cluster, arch: str = "amd64") -> Path:
+def make_standin_bundle(dest: Path, cluster: Cluster, arch: str = "amd64",
+                        images: bool = True) -> Path:
     """A bundle of stand-ins for the cluster's distribution and version under dest; returns
-    dest (what `--bundle` takes)."""
+    dest (what `--bundle` takes). kubeadm: with a tiny TEST-ONLY image (tests/standins/
+    images.py) for every image the cluster needs, so the import path runs in every lab."""
     dest = Path(dest)
     folder = dest / bundles.folder_name(cluster, arch)
     folder.mkdir(parents=True, exist_ok=True)
@@ -85,5 +88,12 @@ def make_standin_bundle(dest: Path, cluster: Cluster, arch: str = "amd64") -> Pa
         path.write_bytes(build_tool(name, v))
         path.chmod(0o755)
     names = list(tools) + ([] if cluster.is_k3s else ["cni-plugins/README.md"])
-    bundles.write_sums(folder, {n: bundles.sha256_file(folder / n) for n in names})
+    sums = {n: bundles.sha256_file(folder / n) for n in names}
+    if images and not cluster.is_k3s and cluster.version_minor in IMAGES:
+        # TEST-ONLY tiny images under the real names (minors with image pins)
+        from provisioner import images as needed
+        from .images import write_bundle_images
+
+        sums.update(write_bundle_images(folder, [i.ref for i in needed.needed(cluster)]))
+    bundles.write_sums(folder, sums)
     return dest
