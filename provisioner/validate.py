@@ -716,7 +716,8 @@ IMAGE_REGISTRIES = ("registry.k8s.io", "ghcr.io", "docker.io")  # where our imag
 
 
 def repository_problem(value) -> tuple[str, str] | None:
-    example = "write it like registry.aliyuncs.com/google_containers or harbor.local:5000/k8s"
+    example = ("write it like registry.aliyuncs.com/google_containers or "
+               "harbor.local:5000/k8s")
     if not isinstance(value, str) or not value:
         return f"{value!r} is not an image repository", example
     if "://" in value:

@@ -12,7 +12,6 @@ import dataclasses
 import io
 import json
 import tarfile
-from pathlib import Path
 
 import pytest
 import yaml
@@ -42,10 +41,11 @@ def load(name: str, **changes):
 # ---------------------------------------------------------------------------------------------
 
 PINS = versions.IMAGES["1.32"]
-KUBE_1_32 = [f"registry.k8s.io/kube-apiserver:v1.32.4",
-             f"registry.k8s.io/kube-controller-manager:v1.32.4",
-             f"registry.k8s.io/kube-scheduler:v1.32.4", f"registry.k8s.io/kube-proxy:v1.32.4",
-             f"registry.k8s.io/coredns/coredns:{PINS.coredns}", f"registry.k8s.io/pause:{PINS.pause}"]
+KUBE_1_32 = ["registry.k8s.io/kube-apiserver:v1.32.4",
+             "registry.k8s.io/kube-controller-manager:v1.32.4",
+             "registry.k8s.io/kube-scheduler:v1.32.4", "registry.k8s.io/kube-proxy:v1.32.4",
+             f"registry.k8s.io/coredns/coredns:{PINS.coredns}",
+             f"registry.k8s.io/pause:{PINS.pause}"]
 FLANNEL = [versions.FLANNEL, versions.FLANNEL_CNI_PLUGIN]
 
 NEEDED = [  # inventory, changes, the refs `kubeadm config images list` + ours give
@@ -297,7 +297,7 @@ def test_fetch_pulls_every_image_checks_it_and_a_rerun_copies_nothing(tmp_path, 
 
 def test_a_tampered_blob_in_the_registry_is_refused_and_nothing_is_kept(tmp_path, registry):
     c = load("single.yml")
-    victim = f"registry.k8s.io/kube-scheduler:v1.32.4"
+    victim = "registry.k8s.io/kube-scheduler:v1.32.4"
     blob = registry.blob(manifest_of(build(victim)[0])["layers"][1]["digest"])
     original = blob.read_bytes()
     blob.write_bytes(flip(original))
@@ -332,7 +332,7 @@ def test_a_bundle_missing_an_image_is_refused(tmp_path):
     index = json.loads((folder / images.INDEX).read_text())
     del index[versions.SMOKE]
     (folder / images.INDEX).write_text(json.dumps(index))
-    with pytest.raises(UserError, match="images missing from IMAGES.json: docker.io/library/busybox"):
+    with pytest.raises(UserError, match="missing from IMAGES.json: docker.io/library/busybox"):
         bundles.locate(c, dest)
 
 
@@ -350,7 +350,7 @@ def test_bundle_list_rows_name_the_source_after_the_mirror():
 
 def test_ctr_images_ls_is_read_by_name_and_digest():
     out = ("REF                          TYPE                                       DIGEST"
-           "                                                                  SIZE    PLATFORMS   LABELS\n"
+           + " " * 66 + "SIZE    PLATFORMS   LABELS\n"
            "registry.k8s.io/pause:3.10   application/vnd.oci.image.manifest.v1+json "
            "sha256:" + "a" * 64 + " 1.0 MiB linux/amd64 io.cri-containerd.image=managed\n"
            "sha256:" + "b" * 64 + " application/vnd.oci.image.manifest.v1+json sha256:"

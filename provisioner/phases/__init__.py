@@ -57,8 +57,9 @@ ETCD_LEAVE = _phase("33_etcd_leave")
 RESET_NODE = _phase("34_reset_node")
 DELETE_NODE = _phase("35_delete_node")
 
-ALL: tuple[Phase, ...] = (PREPARE, RUNTIME, ETCD, LOADBALANCER, BINARIES, IMAGES, CONTROL_PLANE,
-                          JOIN_CONTROL_PLANE, JOIN_WORKERS, CNI, ADDONS, NODE_META, KUBECONFIG)
+ALL: tuple[Phase, ...] = (PREPARE, RUNTIME, ETCD, LOADBALANCER, BINARIES, IMAGES,
+                          CONTROL_PLANE, JOIN_CONTROL_PLANE, JOIN_WORKERS, CNI, ADDONS,
+                          NODE_META, KUBECONFIG)
 
 __all__ = ["ALL", "Context", "Item", "Phase", "kubectl", "service_running"] + [
     "PREPARE", "RUNTIME", "ETCD", "LOADBALANCER", "BINARIES", "IMAGES", "CONTROL_PLANE",
