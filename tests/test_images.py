@@ -401,3 +401,23 @@ def test_only_missing_or_different_images_are_imported(tmp_path):
     # without images in the bundle (binaries only) there is nothing to import
     ctx.bundle = dataclasses.replace(found, images=None)
     assert list(images_phase().checks(ctx, worker)) == []
+
+
+def test_verify_finds_a_tampered_image_even_with_a_matching_sha256sums(tmp_path):
+    """bundle.verify (deep) checks inside every archive: a changed layer whose SHA256SUMS line
+    was edited to match passes the sha256 check but not the blob digests."""
+    from tests.standins import make_standin_bundle
+
+    c = load("single.yml")
+    dest = make_standin_bundle(tmp_path, c)
+    folder = dest / bundles.folder_name(c)
+    rel = json.loads((folder / images.INDEX).read_text())[versions.SMOKE]["file"]
+    data = (folder / rel).read_bytes()
+    layer = layer_name(data, 0)
+    (folder / rel).write_bytes(rewrite(data, lambda n, b: flip(b) if n == layer else b))
+    sums = bundles.read_sums(folder)
+    sums[rel] = bundles.sha256_file(folder / rel)
+    bundles.write_sums(folder, sums)
+    assert bundles.locate(c, dest).images  # cluster.up's quick check: sha256 only
+    with pytest.raises(UserError, match="does not match its digest"):
+        bundles.locate(c, dest, deep=True)
