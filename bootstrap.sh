@@ -10,6 +10,8 @@ DEBS=(
   iproute2 openssh-server                   # lab bridge; sshd for the SSH engine's tests
   vagrant                                   # `vagrant validate` of the Vagrantfile
   sudo                                      # tests of a non-root SSH user with sudo
+  skopeo                                    # bundle.fetch: images as OCI archives
+  docker-registry busybox-static            # the images lab test: a local OCI registry, tiny images
 )
 missing=()
 for d in "${DEBS[@]}"; do

@@ -1,4 +1,4 @@
-"""The offline bundle: every binary a cluster needs, fetched once, checked on every use.
+"""The offline bundle: every binary and image a cluster needs, fetched once, checked on every use.
 
     <bundle>/
       kubeadm-v1.36.4-linux-amd64/     # <distribution>-<version>-linux-<arch>
@@ -10,6 +10,8 @@
         SHA256SUMS                     # sha256 of every file above (`sha256sum -c` reads it)
         SOURCES.json                   # per artifact: URL, the published sha256, and the sha256
                                        # of every file taken from it (the authority)
+        images/*.tar                   # one OCI archive per image (provisioner.images)
+        IMAGES.json                    # image ref -> archive, manifest digest, source
       k3s-v1.36.4+k3s1-linux-amd64/
         k3s  k3s-airgap-images-amd64.tar.zst  SHA256SUMS  SOURCES.json
 
@@ -41,7 +43,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from . import versions
+from . import images, versions
 from .errors import UserError
 from .model import Cluster
 
@@ -87,6 +89,7 @@ class Artifact:
 class Bundle:
     dir: Path
     files: dict[str, tuple[Path, str]] = field(default_factory=dict)  # name -> (path, sha256)
+    images: dict[str, dict] | None = None  # IMAGES.json; None: a bundle of binaries only
 
 
 @dataclass(frozen=True)
@@ -315,12 +318,15 @@ def default_dir(cluster: Cluster, bundle_dir: Path | str | None = None) -> Path:
     return Path(bundle_dir or cluster.bundle_dir or DEFAULT_DIR)
 
 
-def locate(cluster: Cluster, bundle_dir: Path | None = None, arch: str = "amd64") -> Bundle | None:
+def locate(cluster: Cluster, bundle_dir: Path | None = None, arch: str = "amd64",
+           deep: bool = False) -> Bundle | None:
     """The verified bundle folder for this cluster, or None when ./bundle has none.
 
     A folder named by --bundle or bundle_dir must hold the cluster's version (UserError
     otherwise). Every file listed in SHA256SUMS must be present and match; anything else is a
-    UserError naming the file. The binaries the cluster needs must all be listed."""
+    UserError naming the file. The binaries the cluster needs must all be listed; with images
+    (IMAGES.json), every image the cluster needs too (deep: each archive's blobs checked
+    against their digests, what bundle.verify does)."""
     folder = default_dir(cluster, bundle_dir)
     if folder.name != folder_name(cluster, arch):  # --bundle may name the inner folder too
         folder = folder / folder_name(cluster, arch)
@@ -360,7 +366,7 @@ def locate(cluster: Cluster, bundle_dir: Path | None = None, arch: str = "amd64"
     if absent:
         raise UserError(f"{folder}: {', '.join(absent)} missing from {SUMS}: the bundle is "
                         f"incomplete (rerun bundle.fetch into {folder.parent})")
-    return Bundle(folder, files)
+    return Bundle(folder, files, images.check(cluster, folder, sums, deep=deep))
 
 
 def _recorded(folder: Path) -> dict[str, str]:
@@ -436,11 +442,11 @@ def fetch(cluster: Cluster, dest: Path, mirror: str | None = None, arch: str = "
     folder = Path(dest) / folder_name(cluster, arch)
     folder.mkdir(parents=True, exist_ok=True)
     _remove_leftovers(folder)
-    sources = _read_sources(folder)
+    sources = read_sources(folder)
     wanted = artifacts(cluster, mirror, github_mirror, arch)
     for art in wanted:
         record = sources.get(art.key)
-        if record and _still_valid(folder, record):
+        if record and still_valid(folder, record):
             progress(f"{art.key}: present and verified")
             continue
         sources.pop(art.key, None)
@@ -464,7 +470,7 @@ def fetch(cluster: Cluster, dest: Path, mirror: str | None = None, arch: str = "
         write_sources(folder, sources)  # after each artifact: an interrupted fetch resumes here
     # SOURCES.json keeps only what this cluster needs, and SHA256SUMS is derived from it: an
     # edited or damaged SHA256SUMS is put back, an unchanged bundle is not rewritten
-    keys = {a.key for a in wanted}
+    keys = {a.key for a in wanted} | {images.source_key(i.ref) for i in images.needed(cluster)}
     sources = {k: v for k, v in sources.items() if k in keys}
     if not all(_same(folder / f, t) for f, t in _texts(sources).items()):
         write_sources(folder, sources)
@@ -494,7 +500,7 @@ def _remove_leftovers(folder: Path) -> None:
                 shutil.rmtree(p, ignore_errors=True)
 
 
-def _read_sources(folder: Path) -> dict:
+def read_sources(folder: Path) -> dict:
     """SOURCES.json as written by this version (per artifact: files as {name: sha256}); an
     older or unreadable one counts as empty (everything is checked again)."""
     try:
@@ -507,7 +513,7 @@ def _read_sources(folder: Path) -> dict:
     return {}
 
 
-def _still_valid(folder: Path, record: dict) -> bool:
+def still_valid(folder: Path, record: dict) -> bool:
     """Every file of the artifact is a plain file matching the sha256 recorded at fetch time."""
     files = record.get("files") or {}
     for name, sha in files.items():

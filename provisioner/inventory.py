@@ -28,8 +28,8 @@ from typing import Any, Callable
 
 import yaml
 
-from . import ini, model, versions
-from .errors import InvalidInventory, Problem
+from . import images, ini, model, versions
+from .errors import InvalidInventory, Problem, UserError
 
 # ---------------------------------------------------------------------------------------------
 # The settings a cluster has: key -> (type, default, allowed values or None, what it is).
@@ -57,7 +57,11 @@ SETTINGS: dict[str, Setting] = {
     "api_port": Setting(int, 6443, None, "API server port"),
     "vip_interface": Setting(str, "eth0", None, "interface that carries the VIP"),
     "registry_mirrors": Setting(dict, {}, None, "registry -> list of mirror URLs"),
-    "sandbox_image": Setting(str, "registry.k8s.io/pause:3.10", None, "pod sandbox image"),
+    "sandbox_image": Setting(str, None, None, "pod sandbox image (default: kubeadm's pause "
+                             "for the version, under image_repository)"),
+    "image_repository": Setting((str, dict), "registry.k8s.io", None,
+                                "registry (or {source registry: target}) images are pulled "
+                                "from; kubeadm's imageRepository"),
     "bundle_dir": Setting(str, None, None, "offline bundle folder (see `invoke bundle.fetch`)"),
     "download_mirror": Setting(str, "https://dl.k8s.io", None, "base URL bundle.fetch downloads from"),
     "github_mirror": Setting(str, "https://github.com", None,
@@ -623,6 +627,11 @@ def _build(doc: Located, c: _Collector) -> tuple[model.Cluster | None, Where | N
     if values["kubernetes_version"] is None:
         values["kubernetes_version"] = DEFAULT_VERSION[values["distribution"]]
     cluster = model.Cluster(source=doc.path, nodes=tuple(nodes), **values)
+    if cluster.sandbox_image is None:
+        try:
+            cluster = dataclasses.replace(cluster, sandbox_image=images.sandbox_default(cluster))
+        except (UserError, ValueError, TypeError, AttributeError):
+            pass  # no pins for this version, or a bad image_repository: validation names it
     return cluster, Where(doc, settings, tree.hosts, tree.groups)
 
 

@@ -59,7 +59,7 @@ class Cluster:
     api_port: int
     vip_interface: str
     registry_mirrors: dict
-    sandbox_image: str
+    sandbox_image: str | None  # None only on an inventory validation refuses (no pins)
     bundle_dir: str | None
     download_mirror: str
     github_mirror: str
@@ -70,6 +70,7 @@ class Cluster:
     lab_bridge: str | None = None
     lab_bridge_address: str | None = None
     k3s_token_file: str | None = None
+    image_repository: str | dict = "registry.k8s.io"  # see provisioner.images: names
     warnings: tuple[str, ...] = ()  # FILE:LINE: key: message lines of validate.WARNINGS
 
     # -- roles -------------------------------------------------------------------------------

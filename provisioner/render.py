@@ -26,15 +26,16 @@ from typing import Mapping
 
 import jinja2
 
-from . import paths
+from . import images, paths, versions
 from .model import Cluster, Node
 
 TEMPLATES = Path(__file__).resolve().parent / "templates"
 
-# Images the rendered manifests run (the offline bundle must carry them).
-KUBE_VIP_IMAGE = "ghcr.io/kube-vip/kube-vip:v0.8.9"
-FLANNEL_IMAGE = "ghcr.io/flannel-io/flannel:v0.26.7"
-FLANNEL_CNI_IMAGE = "ghcr.io/flannel-io/flannel-cni-plugin:v1.6.2-flannel1"
+# Images the rendered manifests run, upstream names (pinned in versions; provisioner.images
+# lists them for the bundle); templates write them through image(), i.e. after image_repository.
+KUBE_VIP_IMAGE = versions.KUBE_VIP
+FLANNEL_IMAGE = versions.FLANNEL
+FLANNEL_CNI_IMAGE = versions.FLANNEL_CNI_PLUGIN
 CRI_SOCKET = "unix:///run/containerd/containerd.sock"
 
 @dataclass(frozen=True)
@@ -166,6 +167,8 @@ GLOBALS = {
     "node_labels": node_labels,
     "preflight_ignores": preflight_ignores,
     "mirror_urls": mirror_urls,
+    "image": images.rename,
+    "kubeadm_repository": images.kubeadm_repository,
     "KUBE_VIP_IMAGE": KUBE_VIP_IMAGE,
     "FLANNEL_IMAGE": FLANNEL_IMAGE,
     "FLANNEL_CNI_IMAGE": FLANNEL_CNI_IMAGE,

@@ -10,20 +10,22 @@ from __future__ import annotations
 import json
 import shlex
 
+from . import images, versions
 from .errors import UserError
 from .model import Cluster
 
 NAMESPACE = "provisioner-smoke"
-IMAGE = "docker.io/library/busybox:1.36"
+# the bundle's smoke image (images.needed lists it for every node; imported by phase images)
+IMAGE = versions.SMOKE
 
-MANIFEST = f"""
+MANIFEST = """
 apiVersion: v1
 kind: Namespace
-metadata: {{name: {NAMESPACE}}}
+metadata: {{name: {ns}}}
 ---
 apiVersion: apps/v1
 kind: DaemonSet
-metadata: {{name: smoke, namespace: {NAMESPACE}}}
+metadata: {{name: smoke, namespace: {ns}}}
 spec:
   selector: {{matchLabels: {{app: smoke}}}}
   template:
@@ -31,17 +33,22 @@ spec:
     spec:
       containers:
       - name: httpd
-        image: {IMAGE}
+        image: {image}
         command: ["sh", "-c", "mkdir -p /www && hostname > /www/index.html && exec httpd -f -p 8080 -h /www"]
         ports: [{{containerPort: 8080}}]
 ---
 apiVersion: v1
 kind: Service
-metadata: {{name: smoke, namespace: {NAMESPACE}}}
+metadata: {{name: smoke, namespace: {ns}}}
 spec:
   selector: {{app: smoke}}
   ports: [{{port: 80, targetPort: 8080}}]
 """
+
+
+def manifest(cluster: Cluster) -> str:
+    """The smoke workload, its image named as the cluster names it (image_repository)."""
+    return MANIFEST.format(ns=NAMESPACE, image=images.rename(cluster, IMAGE))
 
 
 def kubectl(cluster: Cluster) -> str:
@@ -72,7 +79,7 @@ def run(cluster: Cluster, pool, say=print) -> None:
         raise UserError(f"smoke: nodes not ready or missing: {not_ready or 'some nodes absent'}")
     say(f"ok  {len(nodes)} nodes Ready")
     try:
-        sh(f"{k} apply -f -", "creating the smoke workload", stdin=MANIFEST.encode())
+        sh(f"{k} apply -f -", "creating the smoke workload", stdin=manifest(cluster).encode())
         sh(f"{k} -n {NAMESPACE} rollout status ds/smoke --timeout 300s", "the smoke DaemonSet")
         pods = json.loads(sh(f"{k} -n {NAMESPACE} get pods -o json", "listing pods"))["items"]
         say(f"ok  a pod on each of {len({p['spec']['nodeName'] for p in pods})} nodes")

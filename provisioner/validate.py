@@ -730,8 +730,68 @@ def check_state_dir(cluster: Cluster, where) -> Iterable[Problem]:
                       f"{os.getcwd()})", f"point {named} at a folder, or move the file away")
 
 
+# An image repository: host[:port] and an optional path, no scheme, tag or digest.
+REPOSITORY = re.compile(rf"^{_DOMAIN}(?::(?P<port>\d{{1,5}}))?(?:/{_PATH})*$")
+IMAGE_REGISTRIES = ("registry.k8s.io", "ghcr.io", "docker.io")  # where our images come from
+
+
+def repository_problem(value) -> tuple[str, str] | None:
+    example = ("write it like registry.aliyuncs.com/google_containers or "
+               "harbor.local:5000/k8s")
+    if not isinstance(value, str) or not value:
+        return f"{value!r} is not an image repository", example
+    if "://" in value:
+        return (f"{value!r} has a URL scheme: an image repository is host[/path]",
+                f"write it without the scheme: {value.split('://', 1)[1].rstrip('/')}")
+    if "@" in value:
+        return ("credentials or a digest in an image repository are not supported",
+                "write host[/path] only; set up registry credentials on the nodes yourself")
+    host = value.split("/")[0]
+    if "." not in host and ":" not in host and host != "localhost":
+        return (f"{value!r} does not start with a registry host: containerd would read its "
+                "first part as a docker.io path", f"name the registry, e.g. docker.io/{value}")
+    m = REPOSITORY.match(value)
+    if not m or len(value) > 255 or (m["port"] and not 1 <= int(m["port"]) <= 65535):
+        return f"{value!r} is not an image repository (host[:port][/path], no tag)", example
+    return None
+
+
+def check_image_repository(cluster: Cluster, where) -> Iterable[Problem]:
+    raw = cluster.image_repository
+    if isinstance(raw, str):
+        why = repository_problem(raw)
+        if why:
+            yield problem(where, "image_repository", *why)
+        elif cluster.is_k3s and raw != "registry.k8s.io":
+            yield problem(where, "image_repository", "k3s does not use image_repository (its "
+                          "images come from its airgap archive)", "remove it; point "
+                          "registry_mirrors at your registry for pulls")
+        return
+    if not raw:
+        yield problem(where, "image_repository", "is an empty mapping",
+                      "write a registry, e.g. registry.aliyuncs.com/google_containers, or "
+                      "{registry.k8s.io: REPO, ghcr.io: REPO, docker.io: REPO}")
+        return
+    if cluster.is_k3s:
+        yield problem(where, "image_repository", "k3s does not use image_repository (its "
+                      "images come from its airgap archive)", "remove it; point "
+                      "registry_mirrors at your registry for pulls")
+        return
+    for source, target in raw.items():
+        if source not in IMAGE_REGISTRIES:
+            yield problem(where, "image_repository", f"no image of the cluster comes from "
+                          f"{source!r}", f"map one of {', '.join(IMAGE_REGISTRIES)}",
+                          sub=(source,))
+            continue
+        why = repository_problem(target)
+        if why:
+            yield problem(where, "image_repository", *why, sub=(source,))
+
+
 def check_sandbox_image(cluster: Cluster, where) -> Iterable[Problem]:
     image = cluster.sandbox_image
+    if image is None:  # no pins for the version: check_version names it
+        return
     m = IMAGE.match(image)
     if not image or len(image) > 255 or not m or (
             m["port"] and not 1 <= int(m["port"]) <= 65535):
@@ -852,6 +912,7 @@ CHECKS = [
     check_become,
     check_state_dir,
     check_sandbox_image,
+    check_image_repository,
     check_interfaces,
     check_taints,
     check_labels,

@@ -108,6 +108,51 @@ def as_tuple(version: str) -> tuple[int, ...]:
     return tuple(out)
 
 
+# ---------------------------------------------------------------------------------------------
+# Container images per minor (kept apart from MINORS: the rows above pin binaries)
+# ---------------------------------------------------------------------------------------------
+#
+# The tags kubeadm itself uses, from cmd/kubeadm/app/constants/constants.go of each release:
+# PauseVersion, CoreDNSVersion and SupportedEtcdVersion[minor] (the etcd image of a stacked
+# member; DefaultEtcdVersion only when the map has no row for the minor). Read (search tool,
+# 2026-12): v1.35.8's constants.go holds PauseVersion 3.10.1, CoreDNSVersion v1.13.1,
+# DefaultEtcdVersion 3.6.6-0 (quoted verbatim in a public test of kubeadm's constants,
+# colonel-byte/*/upstream test, TestKubeadmConstants); the etcd-io release procedure (2026,
+# "Bump etcd image") shows SupportedEtcdVersion {34, 35, 36: "3.6.9-0"} on master. NOT read at
+# release-1.36 / release-1.37 themselves (those branches are not in the stored index): their
+# CoreDNS and pause tags are carried over from 1.35 and the 1.37 etcd tag from 1.36. A tag that
+# does not exist upstream fails `bundle.fetch` loudly (no image is ever guessed at run time);
+# check with `kubeadm config images list --kubernetes-version vX.Y.Z` when a row changes.
+
+
+@dataclass(frozen=True)
+class ImagePins:
+    pause: str
+    etcd: str
+    coredns: str
+
+
+IMAGES: dict[str, ImagePins] = {
+    "1.35": ImagePins(pause="3.10.1", etcd="3.6.6-0", coredns="v1.13.1"),
+    "1.36": ImagePins(pause="3.10.1", etcd="3.6.9-0", coredns="v1.13.1"),
+    "1.37": ImagePins(pause="3.10.1", etcd="3.6.9-0", coredns="v1.13.1"),
+}
+
+# Images of the manifests the provisioner renders (not kubeadm's): one release for every minor.
+FLANNEL = "ghcr.io/flannel-io/flannel:v0.26.7"
+FLANNEL_CNI_PLUGIN = "ghcr.io/flannel-io/flannel-cni-plugin:v1.6.2-flannel1"
+KUBE_VIP = "ghcr.io/kube-vip/kube-vip:v0.8.9"
+SMOKE = "docker.io/library/busybox:1.37.0"  # cluster.smoke's DaemonSet (httpd, nslookup, wget)
+
+
+def image_pins(version: str) -> ImagePins:
+    try:
+        return IMAGES[minor_of(version)]
+    except (KeyError, ValueError):
+        raise UserError(f"kubernetes_version {version}: no images pinned for its minor "
+                        f"(pinned: {', '.join(IMAGES)})") from None
+
+
 def markdown_table() -> str:
     """The README's version table, rendered from MINORS (the README must hold exactly this)."""
     rows = [TABLE_HEAD, tuple("---" for _ in TABLE_HEAD)]

@@ -435,7 +435,7 @@ def test_tasks_fetch_and_verify(tmp_path, release, cluster):
     inventory.write_text((ROOT / "inventories/single.yml").read_text())
     dest = tmp_path / "bundle"
     r = invoke("bundle.fetch", "-i", str(inventory), "--dest", str(dest),
-               "--mirror", release.url, "--github-mirror", release.url + "/gh")
+               "--mirror", release.url, "--github-mirror", release.url + "/gh", "--no-images")
     assert r.returncode == 0, r.stderr
     assert "12 files" in r.stdout and "verified" in r.stdout
     r = invoke("bundle.verify", "-i", str(inventory), "--bundle", str(dest))
@@ -679,13 +679,18 @@ def test_bundle_list_names_every_artifact_and_downloads_nothing(tmp_path, releas
     rows = json.loads(r.stdout)
     assert release.requests == []
     pin = versions.pins(cluster.kubernetes_version)
-    assert [(x["name"].split(",")[0], x["version"]) for x in rows] == [
+    binaries = [x for x in rows if x["kind"] != "image"]
+    assert [(x["name"].split(",")[0], x["version"]) for x in binaries] == [
         ("kubeadm", "v1.36.4"), ("kubelet", "v1.36.4"), ("kubectl", "v1.36.4"),
         ("crictl", pin.crictl), ("cni-plugins/* (every executable)", pin.cni_plugins),
         ("containerd/containerd", pin.containerd), ("runc", pin.runc)]
     assert all(x["source"].startswith(release.url) and x["checksum"].startswith(release.url)
-               for x in rows)
-    assert rows[-1]["checksum"].endswith("/runc.sha256sum (line runc.amd64)")
+               for x in binaries)
+    assert binaries[-1]["checksum"].endswith("/runc.sha256sum (line runc.amd64)")
+    # then every image, from its own registry unless --image-mirror says otherwise
+    from provisioner import images
+    assert [x["name"] for x in rows[len(binaries):]] == [i.ref for i in images.needed(cluster)]
+    assert all(x["source"] == "docker://" + x["name"] for x in rows[len(binaries):])
     r = invoke("bundle.list", "-i", str(ROOT / "inventories/k3s-ha.yml"))
     assert r.returncode == 0, r.stderr
     assert "k3s-airgap-images-amd64.tar.zst" in r.stdout and "sha256sum-amd64.txt" in r.stdout

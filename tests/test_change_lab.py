@@ -127,10 +127,14 @@ def test_registry_mirror(lab, edits, bundle):
 
 
 def test_sandbox_image(lab, edits, bundle):
+    from tests.standins import make_standin_bundle
+
     edits.vars["sandbox_image"] = "registry.k8s.io/pause:3.9"
+    make_standin_bundle(bundle, edits.cluster())  # the bundle must carry the new sandbox image
     planned, restarts = apply(lab, edits, bundle)
     kube = ("cp1", "cp2", "w1")
-    assert planned == {"runtime": on(kube, "write /etc/containerd/config.toml (changed)")}
+    assert planned == {"runtime": on(kube, "write /etc/containerd/config.toml (changed)"),
+                       "images": on(kube, "import image registry.k8s.io/pause:3.9")}
     assert restarts == {(h, "containerd") for h in kube}
 
 

@@ -80,7 +80,7 @@ def work(ctx):
 
 def test_the_phase_modules_are_the_documented_spine():
     assert [p.title for p in actions.UP] == [
-        "prepare", "runtime", "etcd", "loadbalancer", "binaries", "control-plane",
+        "prepare", "runtime", "etcd", "loadbalancer", "binaries", "images", "control-plane",
         "join-control-plane", "etcd-servers", "join-workers", "cni", "addons", "node-meta",
         "kubeconfig"]
     # 0x-1x: cluster.up; 3x: remove-node; 9x: the other day-2 actions (kubeasz's numbering).

@@ -170,9 +170,15 @@ def test_standin_bundle_has_the_real_layout_and_verifies(tmp_path, lab_cluster):
     dest = make_standin_bundle(tmp_path / "a", lab_cluster, runtime=False)
     found = bundles.locate(lab_cluster, dest)
     assert found is not None
+    from provisioner import images
+
+    refs = [i.ref for i in images.needed(lab_cluster)]
     assert set(found.files) == {"kubeadm", "kubelet", "kubectl", "crictl", "cni-plugins/README.md",
                                 "containerd/containerd", "containerd/containerd-shim-runc-v2",
-                                "containerd/ctr", "runc"}
+                                "containerd/ctr", "runc"
+                                } | {f"images/{images.archive_name(r)}" for r in refs}
+    assert sorted(found.images) == sorted(refs)  # IMAGES.json: every image the cluster needs
+    assert bundles.locate(lab_cluster, dest, deep=True).images == found.images  # blobs check
     # recorded like bundle.fetch records: SOURCES.json is what locate trusts
     assert (dest / bundles.folder_name(lab_cluster) / "SOURCES.json").exists()
     for name in ("containerd/containerd", "runc"):  # TEST-ONLY placeholders: they say so

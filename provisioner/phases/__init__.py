@@ -1,8 +1,8 @@
 """The phases, one module each beside its numbered playbook (provisioner/playbooks/NN-*.yml).
 
-    01 prepare → 02 runtime → 03 etcd → 04 loadbalancer → 05 binaries → 06 control-plane
-    → 07 join-control-plane → 32 etcd-servers (every API server's --etcd-servers: a member
-    added) → 08 join-workers → 09 cni → 10 addons → 11 node-meta
+    01 prepare → 02 runtime → 03 etcd → 04 loadbalancer → 05 binaries → 05 images
+    → 06 control-plane → 07 join-control-plane → 32 etcd-servers (every API server's
+    --etcd-servers: a member added) → 08 join-workers → 09 cni → 10 addons → 11 node-meta
     → 12 kubeconfig
     upgrade: 93 upgrade-control-plane → 93 upgrade-nodes
     backup:  94 backup
@@ -32,6 +32,7 @@ RUNTIME = _phase("02_runtime")
 ETCD = _phase("03_etcd")
 LOADBALANCER = _phase("04_loadbalancer")
 BINARIES = _phase("05_binaries")
+IMAGES = _phase("05_images")
 CONTROL_PLANE = _phase("06_control_plane")
 JOIN_CONTROL_PLANE = _phase("07_join_control_plane")
 JOIN_WORKERS = _phase("08_join_workers")
@@ -57,12 +58,13 @@ ETCD_LEAVE = _phase("33_etcd_leave")
 RESET_NODE = _phase("34_reset_node")
 DELETE_NODE = _phase("35_delete_node")
 
-ALL: tuple[Phase, ...] = (PREPARE, RUNTIME, ETCD, LOADBALANCER, BINARIES, CONTROL_PLANE,
-                          JOIN_CONTROL_PLANE, API_ETCD_SERVERS, JOIN_WORKERS, CNI, ADDONS,
+ALL: tuple[Phase, ...] = (PREPARE, RUNTIME, ETCD, LOADBALANCER, BINARIES, IMAGES,
+                          CONTROL_PLANE, JOIN_CONTROL_PLANE, API_ETCD_SERVERS, JOIN_WORKERS,
+                          CNI, ADDONS,
                           NODE_META, KUBECONFIG)
 
 __all__ = ["ALL", "Context", "Item", "Phase", "kubectl", "service_running"] + [
-    "PREPARE", "RUNTIME", "ETCD", "LOADBALANCER", "BINARIES", "CONTROL_PLANE",
+    "PREPARE", "RUNTIME", "ETCD", "LOADBALANCER", "BINARIES", "IMAGES", "CONTROL_PLANE",
     "JOIN_CONTROL_PLANE", "JOIN_WORKERS", "CNI", "ADDONS", "NODE_META", "KUBECONFIG",
     "UPGRADE_CONTROL_PLANE", "UPGRADE_NODES", "BACKUP", "STOP_API", "RESTORE", "START_API",
     "REISSUE_ETCD_CERTS", "CERTS", "DRAIN", "ETCD_SERVERS", "ETCD_LEAVE", "RESET_NODE",

@@ -33,6 +33,7 @@ from pathlib import Path
 from provisioner import bundle as bundles
 from provisioner import versions
 from provisioner.model import Cluster
+from provisioner.versions import IMAGES
 
 HERE = Path(__file__).resolve().parent
 TOOLS = HERE / "tools"
@@ -113,11 +114,14 @@ def runtime_binaries(log=print) -> dict[str, Path]:
 
 
 def make_standin_bundle(dest: Path, cluster: Cluster, arch: str = "amd64",
-                        runtime: bool | None = None, airgap: bool = True) -> Path:
+                        runtime: bool | None = None, airgap: bool = True,
+                        images: bool = True) -> Path:
     """A bundle of stand-ins for the cluster's distribution and version under dest; returns
     dest (what `--bundle` takes). runtime: carry the real containerd and runc (default: when
     the cluster takes them from the bundle; fetched once, see runtime_binaries). k3s: with
-    `airgap`, also a small stand-in file named like k3s's image tarball."""
+    `airgap`, also a small stand-in file named like k3s's image tarball. kubeadm: with `images`,
+    a tiny TEST-ONLY image (tests/standins/images.py) for every image the cluster needs, so the
+    import path runs in every lab."""
     dest = Path(dest)
     folder = dest / bundles.folder_name(cluster, arch)
     folder.mkdir(parents=True, exist_ok=True)
@@ -158,5 +162,13 @@ def make_standin_bundle(dest: Path, cluster: Cluster, arch: str = "amd64",
         sources[f"test runtime {name}"] = {"url": f"Debian package ({src.parent.name})",
                                            "checksum_url": "-", "sha256": sha,
                                            "files": {name: sha}}
+    if images and not cluster.is_k3s and cluster.version_minor in IMAGES:
+        # TEST-ONLY tiny images under the real names (minors with image pins)
+        from provisioner import images as needed
+        from .images import write_bundle_images
+
+        for rel, sha in write_bundle_images(folder, [i.ref for i in needed.needed(cluster)]).items():
+            sources[f"stand-in {rel}"] = {"url": "test-only stand-in", "checksum_url": "-",
+                                          "sha256": sha, "files": {rel: sha}}
     bundles.write_sources(folder, sources)
     return dest
