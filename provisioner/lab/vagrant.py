@@ -230,7 +230,7 @@ class VagrantLab:
              env=self.env(accel))
         # vagrant-libvirt uploads a box to the pool once, by name: drop the old box's volume
         stale = box.BOX_NAME.replace("/", "-VAGRANTSLASH-") + "_vagrant_box_image_"
-        for vol in _virsh("vol-list", POOL, "--name").stdout.split():
+        for vol in volumes():
             if vol.startswith(stale):
                 _virsh("vol-delete", vol, "--pool", POOL)
 
@@ -342,7 +342,7 @@ class VagrantLab:
                     _virsh("destroy", dom, check=False)
                     _virsh("undefine", dom, "--nvram", check=False)
             if _virsh("pool-info", POOL, check=False).returncode == 0:
-                for vol in _virsh("vol-list", POOL, "--name", check=False).stdout.split():
+                for vol in volumes():
                     if vol.startswith(self.prefix):
                         _virsh("vol-delete", vol, "--pool", POOL, check=False)
             for net in (self.network, f"{self.network}-m"):
@@ -388,6 +388,12 @@ def remove_libvirt_chains() -> None:
                 subprocess.run([tool, "-t", table, "-F", chain], capture_output=True)
             for chain in chains:
                 subprocess.run([tool, "-t", table, "-X", chain], capture_output=True)
+
+
+def volumes() -> list[str]:
+    """Names of the volumes in the lab's pool (this virsh's vol-list has no --name)."""
+    out = _virsh("vol-list", POOL, check=False).stdout
+    return [line.split()[0] for line in out.splitlines() if line.strip()]
 
 
 def libvirt_chains() -> list[str]:
