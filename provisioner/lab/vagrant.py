@@ -162,8 +162,8 @@ class VagrantLab:
         box_file, built = box.ensure_box(self.public_key(), self.log)
         repo = packages.build_repo(packages.DEBS_DIR, base.BASE_DIR / "var/lib/dpkg/status",
                                    log=self.log)
+        self.add_box(box_file, built)
         accel = self.prepare_host()
-        self.add_box(box_file, built, accel)
         started = time.monotonic()
         self.log(f"lab: vagrant up of {len(self.cluster.nodes)} VM(s) ({accel})")
         done = subprocess.run(["vagrant", "up", "--provider", "libvirt"], cwd=REPO,
@@ -221,18 +221,23 @@ class VagrantLab:
             time.sleep(0.3)
         self.log("lab: started libvirtd and virtlogd (lab.down stops them when no VM is left)")
 
-    def add_box(self, box_file: Path, built: bool, accel: str) -> None:
-        listed = subprocess.run(["vagrant", "box", "list"], env=self.env(accel),
+    def add_box(self, box_file: Path, built: bool) -> None:
+        """`vagrant box add` when the box is new or was rebuilt; a rebuilt box also drops the old
+        box's volume from the pool (vagrant-libvirt uploads a box once, by name)."""
+        listed = subprocess.run(["vagrant", "box", "list"], env=self.env(),
                                 capture_output=True, text=True).stdout
         if not built and re.search(rf"^{re.escape(box.BOX_NAME)}\s", listed, re.M):
             return
         _run(["vagrant", "box", "add", "--force", "--name", box.BOX_NAME, str(box_file)],
-             env=self.env(accel))
-        # vagrant-libvirt uploads a box to the pool once, by name: drop the old box's volume
+             env=self.env())
         stale = box.BOX_NAME.replace("/", "-VAGRANTSLASH-") + "_vagrant_box_image_"
-        for vol in volumes():
-            if vol.startswith(stale):
-                _virsh("vol-delete", vol, "--pool", POOL)
+        if _virsh("uri", check=False).returncode == 0 and \
+                _virsh("pool-info", POOL, check=False).returncode == 0:
+            for vol in volumes():
+                if vol.startswith(stale):
+                    _virsh("vol-delete", vol, "--pool", POOL)
+        for path in POOL_DIR.glob(stale + "*"):  # libvirt not running: the pool is a folder
+            path.unlink()
 
     def console(self, node: str) -> Path:
         return self.runtime / f"{node}.console"

@@ -40,7 +40,7 @@ def box(c, inventory=DEFAULT_INVENTORY):
     lab.check()
     lab.ensure_key()
     path, built = boxes.ensure_box(lab.public_key())
-    lab.add_box(path, built, lab.prepare_host())
+    lab.add_box(path, built)
     print(f"box {boxes.BOX_NAME}: {'built' if built else 'up to date'} ({path})")
 
 
