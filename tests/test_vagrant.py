@@ -111,3 +111,11 @@ def test_examples_reach_nodes_as_vagrant_with_sudo_and_the_lab_key():
         for n in cluster.nodes:
             assert (n.ssh_user, Path(n.ssh_key).resolve(), n.become) == (
                 "vagrant", REPO / "state/lab/ssh/id_ed25519", True), (path.name, n.name)
+
+
+def test_an_unknown_provider_is_refused():
+    from provisioner.tasks.lab import _lab
+
+    with pytest.raises(UserError, match=r"--provider docker: unknown \(use nspawn or vagrant\)"):
+        _lab(str(REPO / "inventories/single.yml"), "docker")
+    assert isinstance(_lab(str(REPO / "inventories/single.yml"), "vagrant"), vagrant.VagrantLab)
