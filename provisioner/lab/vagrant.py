@@ -166,10 +166,10 @@ class VagrantLab:
         accel = self.prepare_host()
         started = time.monotonic()
         self.log(f"lab: vagrant up of {len(self.cluster.nodes)} VM(s) ({accel})")
-        done = subprocess.run(["vagrant", "up", "--provider", "libvirt"], cwd=REPO,
-                              env=self.env(accel), stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT, text=True)
-        (self.runtime / "vagrant-up.log").write_text(done.stdout)
+        done = self._vagrant_up(accel)
+        if done.returncode != 0:  # a VM too slow for one of Vagrant's checks: once more
+            self.log("lab: vagrant up failed; once more (the log is kept in vagrant-up.log)")
+            done = self._vagrant_up(accel, "--provision")
         if done.returncode != 0:
             tail = "\n".join(done.stdout.splitlines()[-20:])
             raise UserError(f"vagrant up failed (exit {done.returncode}); last lines:\n{tail}\n"
@@ -178,6 +178,14 @@ class VagrantLab:
         packages.serve(repo, self.host_ip, self.runtime)
         self._write_known_hosts()
         return [self._wait(n, started) for n in self.cluster.nodes]
+
+    def _vagrant_up(self, accel: str, *extra: str) -> subprocess.CompletedProcess:
+        done = subprocess.run(["vagrant", "up", "--provider", "libvirt", *extra], cwd=REPO,
+                              env=self.env(accel), stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True)
+        with open(self.runtime / "vagrant-up.log", "a") as log:
+            log.write(done.stdout)
+        return done
 
     def public_key(self) -> str:
         return Path(f"{self.key_file}.pub").read_text().strip()
