@@ -53,8 +53,6 @@ TOOLS = ("vagrant", "virsh", "libvirtd", "virtlogd", "qemu-img", "mkfs.ext4", "i
 INSTALL_HINT = ("run ./bootstrap.sh (the VM lab needs vagrant vagrant-libvirt "
                 "libvirt-daemon-system libvirt-clients qemu-system-x86 qemu-utils dnsmasq-base "
                 "iptables)")
-# [cpus, memory MB] of lab VMs: the Vagrantfile's per-role sizes are for real machines
-LAB_CPUS, LAB_MEMORY = 1, 1024
 
 
 def wrapper_script(qemu: str = QEMU, tb_size_mb: int = TB_SIZE_MB) -> str:
@@ -141,7 +139,7 @@ class VagrantLab:
             "management_address": management_network(self.network_address),
             "pool": POOL, "driver": "kvm" if accel == "kvm" else "qemu",
             "emulator": str(WRAPPER) if accel == "tcg" else None,
-            "console_dir": str(self.runtime), "cpus": LAB_CPUS, "memory": LAB_MEMORY,
+            "console_dir": str(self.runtime),
             "apt_source": f"deb [trusted=yes] http://{self.host_ip}:{packages.PORT} ./",
         }
 
