@@ -175,7 +175,18 @@ class VagrantLab:
                             "--provider vagrant` removes what was made)")
         packages.serve(repo, self.host_ip, self.runtime)
         self._write_known_hosts()
-        return [self._wait(n, started) for n in self.cluster.nodes]
+        results = [self._wait(n, started) for n in self.cluster.nodes]
+        for r in results:
+            if r.state in ("running", "degraded"):
+                self.set_clock(r.name)
+        return results
+
+    def set_clock(self, name: str) -> None:
+        """Set a VM's clock from the host's: emulated guests drift while they boot (the lab has
+        no time server; nspawn nodes share the host's clock)."""
+        rc, _, err = self.run(name, f"sudo -n date -u -s @{time.time():.3f} >/dev/null", timeout=30)
+        if rc:
+            raise UserError(f"{name}: setting the clock failed: {err.strip()}")
 
     def _vagrant_up(self, accel: str, *extra: str) -> subprocess.CompletedProcess:
         done = subprocess.run(["vagrant", "up", "--provider", "libvirt", *extra], cwd=REPO,
