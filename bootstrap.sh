@@ -9,6 +9,8 @@ DEBS=(
   systemd-container debootstrap dpkg-dev    # the built-in lab (nspawn nodes, package source)
   iproute2 openssh-server                   # lab bridge; sshd for the SSH engine's tests
   vagrant                                   # `vagrant validate` of the Vagrantfile
+  vagrant-libvirt libvirt-daemon-system libvirt-clients qemu-system-x86 qemu-utils dnsmasq-base
+  iptables                                  # the VM lab (lab.up --provider vagrant, lab.box)
   sudo                                      # tests of a non-root SSH user with sudo
   skopeo                                    # bundle.fetch: images as OCI archives
   docker-registry busybox-static            # the images lab test: a local OCI registry, tiny images

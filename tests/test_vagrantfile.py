@@ -49,3 +49,20 @@ def test_vagrantfile_refuses_a_host_without_address(vagrant, tmp_path):
     done = validate(vagrant, bad, tmp_path)
     assert done.returncode != 0
     assert f"{bad}: x1: no ansible_host" in done.stdout + done.stderr
+
+
+def test_vagrantfile_validates_with_the_lab_settings(vagrant, tmp_path):
+    """What `lab.up --provider vagrant` hands the Vagrantfile ($PROVISIONER_LAB) is accepted."""
+    from provisioner.lab.vagrant import VagrantLab
+
+    inventory = tmp_path / "single.yml"
+    inventory.write_text((REPO / "inventories/single.yml").read_text().replace(
+        "192.168.56.", "10.90.12.").replace("../state/", f"{tmp_path}/"))
+    (tmp_path / "lab/ssh").mkdir(parents=True)
+    (tmp_path / "lab/ssh/id_ed25519").write_text("")  # Vagrant only checks that it exists
+    env = VagrantLab(inv.load(inventory), log=lambda m: None).env("tcg")
+    env["VAGRANT_DOTFILE_PATH"] = str(tmp_path / "dot")
+    done = subprocess.run([vagrant, "validate", "--ignore-provider", "--machine-readable"],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "Vagrantfile validated successfully" in done.stdout

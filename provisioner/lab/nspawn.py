@@ -75,6 +75,18 @@ class Lab:
     # -- checks ------------------------------------------------------------------------------
     def check(self) -> None:
         """Refuse early, with what to do, when this host or the inventory cannot run the lab."""
+        self.check_network()
+        if os.geteuid() != 0:
+            raise UserError("the lab needs root (it mounts overlays, creates a bridge and boots "
+                            "containers): run it as root")
+        missing = [t for t in (NSPAWN, "debootstrap", "dpkg-scanpackages", "ssh-keygen", "ip")
+                   if not shutil.which(t)]
+        if missing:
+            raise UserError(f"missing on this host: {', '.join(missing)}; {INSTALL_HINT}")
+
+    def check_network(self) -> None:
+        """The inventory gives (or lets the lab derive) a bridge and host address holding every
+        host's address (the VM lab's private network follows the same rules)."""
         src = self.cluster.source
         for key, value in (("lab_bridge", self.bridge), ("lab_bridge_address", self.bridge_address)):
             if not value:
@@ -97,13 +109,6 @@ class Lab:
                                 f"in {iface.network} other than the host's {iface.ip}")
         if len(self.bridge) > 15:
             raise UserError(f"{src}: lab_bridge: {self.bridge!r} is longer than 15 characters")
-        if os.geteuid() != 0:
-            raise UserError("the lab needs root (it mounts overlays, creates a bridge and boots "
-                            "containers): run it as root")
-        missing = [t for t in (NSPAWN, "debootstrap", "dpkg-scanpackages", "ssh-keygen", "ip")
-                   if not shutil.which(t)]
-        if missing:
-            raise UserError(f"missing on this host: {', '.join(missing)}; {INSTALL_HINT}")
 
     @contextmanager
     def locked(self, wait: float = 0):
