@@ -50,7 +50,8 @@ MARKER = "/etc/provisioner/cluster.json"
 # probe reads them too
 ETCD_CONF = "/etc/etcd/etcd.conf.yml"
 KUBE_APISERVER_MANIFEST = "/etc/kubernetes/manifests/kube-apiserver.yaml"
-RESET_UNITS = ("k3s", "k3s-agent", "kubelet", "etcd", "keepalived", "haproxy")
+# containerd after the kubelet: containerd 2's CRI plugin recreates /etc/cni/net.d while it runs
+RESET_UNITS = ("k3s", "k3s-agent", "kubelet", "containerd", "etcd", "keepalived", "haproxy")
 RESET_PATHS = ("/etc/kubernetes", "/var/lib/kubelet", "/var/lib/etcd/member", "/etc/etcd",
                "/etc/systemd/system/etcd.service", "/etc/rancher", "/var/lib/rancher",
                "/etc/cni/net.d", "/var/lib/provisioner", "/etc/haproxy/haproxy.cfg",

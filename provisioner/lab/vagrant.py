@@ -186,8 +186,20 @@ class VagrantLab:
 
     def set_clock(self, name: str) -> None:
         """Set a VM's clock from the host's: emulated guests drift while they boot (the lab has
-        no time server; nspawn nodes share the host's clock)."""
-        rc, _, err = self.run(name, f"sudo -n date -u -s @{time.time():.3f} >/dev/null", timeout=30)
+        no time server; nspawn nodes share the host's clock). The guest reads the time on stdin
+        once sudo and its shell run: the seconds they take to start under emulation would
+        otherwise put the clock that far behind."""
+        client = self.connect(name)
+        try:
+            stdin, stdout, stderr = client.exec_command(
+                "sudo -n sh -c 'echo ready; read t; date -u -s \"@$t\" >/dev/null'", timeout=60)
+            stdout.readline()  # its shell runs: only `read` and `date` are left
+            stdin.write(f"{time.time():.3f}\n")
+            stdin.flush()
+            rc = stdout.channel.recv_exit_status()
+            err = stderr.read().decode(errors="replace")
+        finally:
+            client.close()
         if rc:
             raise UserError(f"{name}: setting the clock failed: {err.strip()}")
 
