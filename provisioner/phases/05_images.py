@@ -57,8 +57,16 @@ class Images(Phase):
     def staged(self, ctx, node) -> list[str]:
         return [f"{STAGE}/{rec['file'].rsplit('/', 1)[1]}" for _r, rec in self.missing(ctx, node)]
 
+    def replaced(self, ctx, node) -> list[str]:
+        """Refs the node holds with another digest: removed first, since an import does not
+        move an existing name to another image."""
+        result = ctx.command(node, LIST)
+        have = listed(result.get("out") or "") if result.get("rc") == 0 else {}
+        return [ref for ref, _rec in self.missing(ctx, node) if ref in have]
+
     def hostvars(self, ctx, node):
-        return {"image_archives": self.staged(ctx, node), "image_stage": STAGE}
+        return {"image_archives": self.staged(ctx, node), "image_stage": STAGE,
+                "image_replaced": self.replaced(ctx, node)}
 
     def run(self, run, nodes):
         """Push each node's missing archives (0600, root), then the playbook imports them."""
