@@ -368,29 +368,11 @@ class Lab:
         if not Path(f"/sys/class/net/{self.bridge}").exists():  # else the route leads outside
             raise UserError(f"lab {self.name} is not up (no bridge {self.bridge}): "
                             "run `invoke lab.up` first")
-        client = paramiko.SSHClient()
-        client.load_host_keys(str(self.known_hosts))
-        client.set_missing_host_key_policy(paramiko.RejectPolicy())
-        try:
-            client.connect(n.address, port=n.ssh_port, username=n.ssh_user,
-                           key_filename=str(self.key_file), timeout=timeout,
-                           banner_timeout=timeout, auth_timeout=timeout,
-                           look_for_keys=False, allow_agent=False)
-        except BaseException:
-            client.close()
-            raise
-        return client
+        return ssh_connect(n, self.known_hosts, self.key_file, timeout)
 
     def run(self, name: str, command: str, timeout: float = 120) -> tuple[int, str, str]:
         """Run `command` on node `name`; return (exit status, stdout, stderr)."""
-        client = self.connect(name)
-        try:
-            _, stdout, stderr = client.exec_command(command, timeout=timeout)
-            out = stdout.read().decode(errors="replace")
-            err = stderr.read().decode(errors="replace")
-            return stdout.channel.recv_exit_status(), out, err
-        finally:
-            client.close()
+        return ssh_run(self.connect(name), command, timeout)
 
     def is_running(self, name: str) -> bool:
         return procs.read_pid(self.runtime / f"{name}.pid", NSPAWN) is not None
@@ -578,3 +560,28 @@ def format_table(rows: list[list[str]], header: list[str]) -> str:
     return "\n".join("  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip()
                      for r in [header] + rows)
 
+
+def ssh_connect(n, known_hosts: Path, key_file: Path, timeout: float) -> paramiko.SSHClient:
+    """A paramiko connection to lab node n that trusts only the host keys in known_hosts."""
+    client = paramiko.SSHClient()
+    client.load_host_keys(str(known_hosts))
+    client.set_missing_host_key_policy(paramiko.RejectPolicy())
+    try:
+        client.connect(n.address, port=n.ssh_port, username=n.ssh_user,
+                       key_filename=str(key_file), timeout=timeout, banner_timeout=timeout,
+                       auth_timeout=timeout, look_for_keys=False, allow_agent=False)
+    except BaseException:
+        client.close()
+        raise
+    return client
+
+
+def ssh_run(client: paramiko.SSHClient, command: str, timeout: float) -> tuple[int, str, str]:
+    """Run command over client, then close it; (exit status, stdout, stderr)."""
+    try:
+        _, stdout, stderr = client.exec_command(command, timeout=timeout)
+        out = stdout.read().decode(errors="replace")
+        err = stderr.read().decode(errors="replace")
+        return stdout.channel.recv_exit_status(), out, err
+    finally:
+        client.close()

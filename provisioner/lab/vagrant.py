@@ -37,7 +37,7 @@ from ..errors import UserError
 from ..model import Cluster
 from ..state import State
 from . import CACHE_DIR, RUNTIME_ROOT, base, box, packages, procs
-from .nspawn import Lab, NodeResult, lab_network
+from .nspawn import Lab, NodeResult, lab_network, ssh_connect, ssh_run
 
 REPO = Path(__file__).resolve().parents[2]
 VAGRANT_DIR = CACHE_DIR / "vagrant"
@@ -320,29 +320,11 @@ class VagrantLab:
 
     # -- talking to nodes --------------------------------------------------------------------------
     def connect(self, name: str, timeout: float = 10) -> paramiko.SSHClient:
-        n = self.cluster.node(name)
-        client = paramiko.SSHClient()
-        client.load_host_keys(str(self.known_hosts))
-        client.set_missing_host_key_policy(paramiko.RejectPolicy())
-        try:
-            client.connect(n.address, port=n.ssh_port, username=n.ssh_user,
-                           key_filename=str(self.key_file), timeout=timeout,
-                           banner_timeout=timeout, auth_timeout=timeout,
-                           look_for_keys=False, allow_agent=False)
-        except BaseException:
-            client.close()
-            raise
-        return client
+        """Lab.connect without its bridge check: a libvirt network, not a host bridge."""
+        return ssh_connect(self.cluster.node(name), self.known_hosts, self.key_file, timeout)
 
     def run(self, name: str, command: str, timeout: float = 120) -> tuple[int, str, str]:
-        client = self.connect(name)
-        try:
-            _, stdout, stderr = client.exec_command(command, timeout=timeout)
-            out = stdout.read().decode(errors="replace")
-            err = stderr.read().decode(errors="replace")
-            return stdout.channel.recv_exit_status(), out, err
-        finally:
-            client.close()
+        return ssh_run(self.connect(name), command, timeout)
 
     def is_running(self, name: str) -> bool:
         if _virsh("uri", check=False).returncode != 0:
