@@ -359,7 +359,8 @@ class Lab:
                                   tuple(lines[1:]))
             last = f"systemd {state}"
             time.sleep(0.5)
-        return NodeResult(n.name, n.address, f"timeout ({last})")
+        console = (self.runtime / f"{n.name}.log").read_text(errors="replace")[-600:].strip()
+        return NodeResult(n.name, n.address, f"timeout ({last}); its console ends:\n{console}")
 
     # -- talking to nodes ------------------------------------------------------------------------
     def connect(self, name: str, timeout: float = 5) -> paramiko.SSHClient:

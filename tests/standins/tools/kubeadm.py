@@ -685,6 +685,8 @@ def join(tool: Tool, configs: dict, opts: dict) -> None:
 
     def prepare():
         write_files(tool, kubeconfig_files(tool, server, "kubernetes", init=False, name=name))
+        # without --etcd-servers: real kubeadm takes them from the cluster's ClusterConfiguration,
+        # and there is no API server here to read it from (phase etcd-servers sets them)
         write_files(tool, manifest_files(control_plane_manifests(False), tool.version))
 
     fresh = {"tool": "stand-in kubeadm (TEST-ONLY)", "node": name,
