@@ -1,7 +1,10 @@
-"""`cluster.upgrade --to VERSION`: an action of two phases, run inside actions.session.
+"""`cluster.upgrade --to VERSION`: an action of three phases, run inside actions.session.
 
-    UPGRADE = [upgrade-control-plane, upgrade-nodes]      (playbooks/93-upgrade-*.yml)
+    UPGRADE = [images, upgrade-control-plane, upgrade-nodes]
+              (playbooks/05-images.yml, 93-upgrade-*.yml)
 
+First the target version's images from its bundle go into every kubeadm node's containerd (those
+a node lacks), so that the new static pods and kube-proxy start on a cluster that pulls nothing.
 kubeadm: `kubeadm upgrade plan` + `upgrade apply` on the first control plane, `upgrade node` on
 the others one at a time; then every node (control planes one at a time, then workers
 --max-unavailable at a time): drain, the target binaries (kubeadm first), `kubeadm upgrade node`
@@ -27,7 +30,7 @@ from .errors import UserError
 from .model import Cluster
 from .validate import SUPPORTED_MINORS
 
-UPGRADE: tuple[ph.Phase, ...] = (ph.UPGRADE_CONTROL_PLANE, ph.UPGRADE_NODES)
+UPGRADE: tuple[ph.Phase, ...] = (ph.IMAGES, ph.UPGRADE_CONTROL_PLANE, ph.UPGRADE_NODES)
 VERSION = {"kubeadm": re.compile(r"v(\d+)\.(\d+)\.(\d+)"),
            "k3s": re.compile(r"v(\d+)\.(\d+)\.(\d+)\+k3s(\d+)")}
 KUBELET_MAX_OLDER = 3  # version skew policy: a kubelet may be up to 3 minors older

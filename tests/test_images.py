@@ -426,3 +426,36 @@ def test_verify_finds_a_tampered_image_even_with_a_matching_sha256sums(tmp_path)
     assert bundles.locate(c, dest).images  # ...passes cluster.up's quick check (sha256 only)
     with pytest.raises(UserError, match="does not match its digest"):
         bundles.locate(c, dest, deep=True)
+
+
+def test_a_long_image_list_is_read_whole_and_a_silent_containerd_is_named(tmp_path):
+    """A node keeps the images of every version it ran: the listing is read to its end (a
+    cut listing made held images look missing after an upgrade). When containerd runs but
+    `ctr` does not answer, the plan says that, not only which images look missing."""
+    from provisioner import phases, probe
+    from provisioner.facts import Facts
+    from tests.standins import make_standin_bundle
+
+    c = load("single.yml")
+    found = bundles.locate(c, make_standin_bundle(tmp_path, c))
+    ctx = phases.Context(c, {}, {}, bundle=found)
+    cp = c.first_control_plane
+    held = {f"registry.example/old-{i}:v1.{i}.0": "sha256:" + "1" * 64 for i in range(40)}
+    held.update({r: v["digest"] for r, v in found.images.items()})
+    listing = tmp_path / "ls.txt"
+    listing.write_text("REF TYPE DIGEST SIZE PLATFORMS LABELS\n" + "".join(
+        f"{ref} application/vnd.oci.image.manifest.v1+json {d} 1.0 MiB linux/amd64 "
+        "io.cri-containerd.image=managed\n" for ref, d in sorted(held.items())))
+    assert len(listing.read_text()) > probe.OUT_LIMIT
+    spec = images_phase().probes(c, cp)["commands"]["images"]
+    out = probe.commands({"images": dict(spec, argv=["cat", str(listing)])})
+    ctx.facts[cp.name] = Facts(cp.name, commands=out)
+    assert list(images_phase().checks(ctx, cp)) == []
+
+    running = {"containerd": {"active": "active", "enabled": "enabled"}}
+    ctx.facts[cp.name] = Facts(cp.name, services=running,
+                               commands={"images": {"rc": None, "out": ""}})
+    work = list(images_phase().checks(ctx, cp))
+    assert work[0] == "read the node's images (`ctr images ls` did not answer within 120 s)"
+    assert len(work) == 1 + len(images.for_node(c, cp))
+    assert images_phase().hostvars(ctx, cp)["image_replaced"] == []

@@ -83,7 +83,7 @@ def test_skew_rules(nodes, expected):
 
 def test_upgrade_phases_are_day_2_only():
     assert ph.UPGRADE_CONTROL_PLANE not in ph.ALL and ph.UPGRADE_NODES not in ph.ALL
-    assert [p.playbook for p in up.UPGRADE] == ["93-upgrade-control-plane.yml",
+    assert [p.playbook for p in up.UPGRADE] == ["05-images.yml", "93-upgrade-control-plane.yml",
                                                  "93-upgrade-nodes.yml"]
 
 

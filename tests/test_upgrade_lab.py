@@ -43,12 +43,8 @@ def bundles(lab, tmp_path_factory):
     from tests.standins import make_standin_bundle
 
     folder = tmp_path_factory.mktemp("bundles")
-    # Binaries only (images=False): with the stand-in images, the images phase after the
-    # upgrade did not converge on the control planes (kube-scheduler and pause listed again
-    # after their import; open, see the notes of 2026-12-03). The import path itself is
-    # tested by every other kubeadm lab.
-    make_standin_bundle(folder, lab.cluster, images=False)
-    make_standin_bundle(folder, upgrades.target_cluster(lab.cluster, NEW), images=False)
+    make_standin_bundle(folder, lab.cluster)
+    make_standin_bundle(folder, upgrades.target_cluster(lab.cluster, NEW))
     return folder
 
 
@@ -100,6 +96,13 @@ def test_plan_then_sigkill_during_a_worker_then_rerun_finishes(built, bundles, t
     planned = {p.title: w for p, w in
                upgrades.upgrade(cluster, NEW, bundle_dir=str(bundles), dry_run=True).done if w}
     assert set(planned["upgrade-control-plane"]) == set(CPS)
+    # first the target's images, which only the new version needs (pause and CoreDNS are the
+    # same image in both bundles; the stand-in images differ by name and version only)
+    new = {f"import image registry.k8s.io/{i}:{NEW}" for i in ("kube-apiserver",
+           "kube-controller-manager", "kube-scheduler", "kube-proxy")}
+    assert {n: set(w) for n, w in planned["images"].items()} == {
+        **{n: new | {"import image registry.k8s.io/etcd:3.6.9-0"} for n in CPS},
+        **{n: {f"import image registry.k8s.io/kube-proxy:{NEW}"} for n in WORKERS}}
     assert set(planned["upgrade-nodes"]) == set(CPS + WORKERS)
     assert not any(upgrade_calls(lab).values())  # the dry run changed nothing
 
@@ -137,6 +140,8 @@ def test_plan_then_sigkill_during_a_worker_then_rerun_finishes(built, bundles, t
     assert {p.title: w for p, w in again.done if w} == {}
     assert {v.kubelet for v in again.before} == {NEW}
     assert {v.apiserver for v in again.before if v.control_plane} == {NEW}
+    rc, out, _ = lab.run(W1, "ctr -n k8s.io images ls -q")
+    assert f"registry.k8s.io/kube-proxy:{NEW}" in out.split()
 
     kubectl = log(lab, FIRST, "kubectl")
     for e in kubectl:  # drain always passed --ignore-daemonsets (kube-proxy runs everywhere)

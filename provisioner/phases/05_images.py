@@ -16,6 +16,8 @@ from .. import images
 from .base import Phase
 
 LIST = "images"  # the probe command's name
+LIST_LIMIT = 4_000_000  # characters of its output kept (about 250 a line)
+LIST_TIMEOUT = 120.0  # seconds: ctr takes seconds on a small or loaded node
 STAGE = "/var/lib/provisioner/images"  # archives wait here for the playbook, which removes them
 
 
@@ -38,20 +40,37 @@ class Images(Phase):
         return c.runtime_nodes  # kubeadm nodes (k3s: its airgap archive, phase binaries)
 
     def probes(self, c, node):
-        return {"commands": {LIST: ["ctr", "-n", "k8s.io", "images", "ls"]}}
+        # every line (a node keeps the images of earlier versions), and time for a slow node
+        return {"commands": {LIST: {"argv": ["ctr", "-n", "k8s.io", "images", "ls"],
+                                    "limit": LIST_LIMIT, "timeout": LIST_TIMEOUT,
+                                    "stderr": "stdout"}}}
+
+    def held(self, ctx, node) -> dict[str, str] | str:
+        """{ref: digest} of the node's images, or why containerd could not list them."""
+        result = ctx.command(node, LIST)
+        out = (result.get("out") or "").strip()
+        if result.get("rc") == 0:
+            return listed(out)
+        if result.get("rc") is None:
+            return f"`ctr images ls` did not answer within {LIST_TIMEOUT:.0f} s"
+        return f"`ctr images ls` failed: {out.splitlines()[-1] if out else 'no output'}"
 
     def missing(self, ctx, node) -> list[tuple[str, dict]]:
         """(ref, IMAGES.json record) of the bundle's images this node should hold and lacks."""
         bundle = ctx.bundle
         if bundle is None or getattr(bundle, "images", None) is None:
             return []
-        result = ctx.command(node, LIST)
-        have = listed(result.get("out") or "") if result.get("rc") == 0 else {}
+        have = self.held(ctx, node)
+        have = have if isinstance(have, dict) else {}
         return [(i.ref, bundle.images[i.ref]) for i in images.for_node(ctx.cluster, node)
                 if have.get(i.ref) != bundle.images[i.ref]["digest"]]
 
     def checks(self, ctx, node):
-        for ref, _rec in self.missing(ctx, node):
+        missing = self.missing(ctx, node)
+        held = self.held(ctx, node)
+        if missing and isinstance(held, str) and ctx.facts[node.name].active("containerd"):
+            yield f"read the node's images ({held})"  # containerd runs, yet did not answer
+        for ref, _rec in missing:
             yield f"import image {ref}"
 
     def staged(self, ctx, node) -> list[str]:
@@ -60,9 +79,9 @@ class Images(Phase):
     def replaced(self, ctx, node) -> list[str]:
         """Refs the node holds with another digest: removed first, since an import does not
         move an existing name to another image."""
-        result = ctx.command(node, LIST)
-        have = listed(result.get("out") or "") if result.get("rc") == 0 else {}
-        return [ref for ref, _rec in self.missing(ctx, node) if ref in have]
+        have = self.held(ctx, node)
+        return [ref for ref, _rec in self.missing(ctx, node)
+                if isinstance(have, dict) and ref in have]
 
     def hostvars(self, ctx, node):
         return {"image_archives": self.staged(ctx, node), "image_stage": STAGE,
