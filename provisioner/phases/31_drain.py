@@ -20,6 +20,7 @@ def kube_unit(c, node) -> str:
 # one line per pod bound to the node: NAMESPACE/NAME=OWNER KIND (empty for a bare pod)
 OWNERS = ('jsonpath={range .items[*]}{.metadata.namespace}/{.metadata.name}='
           '{.metadata.ownerReferences[*].kind}{"\\n"}{end}')
+PODS_LIMIT = 1_000_000  # characters kept of that list (not the probe's 4000 default)
 
 
 class Drain(Removal):
@@ -38,8 +39,9 @@ class Drain(Removal):
         return {"commands": {
             f"unschedulable-{t}": kubectl(c, "get", "node", t, "-o",
                                           "jsonpath={.spec.unschedulable}"),
-            f"pods-on-{t}": kubectl(c, "get", "pods", "-A", "--field-selector",
-                                    f"spec.nodeName={t}", "-o", OWNERS)}}
+            f"pods-on-{t}": {"argv": kubectl(c, "get", "pods", "-A", "--field-selector",
+                                             f"spec.nodeName={t}", "-o", OWNERS),
+                             "limit": PODS_LIMIT}}}  # every line: up to 110 pods a node
 
     def drained(self, ctx, node) -> bool:
         t = self.target.name
