@@ -80,8 +80,9 @@ class Images(Phase):
         """Refs the node holds with another digest: removed first, since an import does not
         move an existing name to another image."""
         have = self.held(ctx, node)
-        return [ref for ref, _rec in self.missing(ctx, node)
-                if isinstance(have, dict) and ref in have]
+        if not isinstance(have, dict):
+            return []
+        return [ref for ref, _rec in self.missing(ctx, node) if ref in have]
 
     def hostvars(self, ctx, node):
         return {"image_archives": self.staged(ctx, node), "image_stage": STAGE,

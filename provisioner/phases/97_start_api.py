@@ -19,7 +19,7 @@ def start_script(c, node) -> str:
     if c.is_k3s:  # the unit restarts k3s on its own (Restart=always, RestartSec=5s)
         return f"""systemctl start k3s && exit 0
 for _ in $(seq 1 {WAIT // 2}); do systemctl is-active -q k3s && exit 0; sleep 2; done
-echo "k3s is not running {WAIT} s after its start failed; its last words:" >&2
+echo "k3s is not running {WAIT} s after its start failed; its journal ends:" >&2
 journalctl -u k3s -n 8 --no-pager -o cat >&2
 exit 1
 """
