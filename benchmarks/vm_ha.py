@@ -26,19 +26,9 @@ sys.path.insert(0, str(REPO))
 
 from provisioner import actions, inventory as inv, phases as ph  # noqa: E402
 from provisioner.lab import vagrant  # noqa: E402
+from tests.test_vagrant_lab import vm_inventory  # noqa: E402
 
 VIP = "10.90.12.100"
-
-
-def inventory(folder: Path) -> Path:
-    text = (REPO / "inventories/ha-external-etcd.yml").read_text()
-    text = text.replace("192.168.56.", "10.90.12.").replace("../state/", f"{REPO}/state/")
-    text = text.replace("      ha_mode: haproxy\n", "      ha_mode: haproxy\n"
-                        "      lab_bridge: k8slab12\n      lab_bridge_address: 10.90.12.1/24\n"
-                        f"      state_dir: {folder / 'state'}\n")
-    path = folder / "ha-external-etcd.yml"
-    path.write_text(text)
-    return path
 
 
 def until(check, timeout: float = 120) -> str:
@@ -52,7 +42,8 @@ def until(check, timeout: float = 120) -> str:
 
 
 def main() -> None:
-    lab = vagrant.VagrantLab(inv.load(inventory(Path(tempfile.mkdtemp(prefix="vm-ha-")))),
+    lab = vagrant.VagrantLab(inv.load(vm_inventory("ha-external-etcd.yml",
+                                                          Path(tempfile.mkdtemp(prefix="vm-ha-")))),
                              log=lambda msg: print(msg, flush=True))
     try:
         started = time.monotonic()

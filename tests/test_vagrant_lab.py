@@ -30,14 +30,15 @@ pytestmark = pytest.mark.lab
 NODES = ("cp1", "w1")
 
 
-def inventory_file(folder: Path) -> Path:
-    """inventories/single.yml as it is, moved to the VM test's subnet and bridge."""
-    text = (REPO / "inventories/single.yml").read_text()
+def vm_inventory(name: str, folder: Path) -> Path:
+    """inventories/NAME as it is, moved to the VM lab's subnet and bridge, state under folder."""
+    text = (REPO / "inventories" / name).read_text()
     text = text.replace("192.168.56.", "10.90.12.").replace("../state/", f"{REPO}/state/")
-    text = text.replace("    cni: flannel\n", "    cni: flannel\n    lab_bridge: k8slab12\n"
-                        "    lab_bridge_address: 10.90.12.1/24\n"
-                        f"    state_dir: {folder / 'state'}\n")
-    path = folder / "single.yml"
+    anchor, indent = ("    cluster:\n", " " * 6) if "    cluster:\n" in text else ("  vars:\n", " " * 4)
+    text = text.replace(anchor, anchor + f"{indent}lab_bridge: k8slab12\n"
+                        f"{indent}lab_bridge_address: 10.90.12.1/24\n"
+                        f"{indent}state_dir: {folder / 'state'}\n", 1)
+    path = folder / name
     path.write_text(text)
     return path
 
@@ -49,7 +50,8 @@ def vm_lab(tmp_path_factory):
     missing = [t for t in vagrant.TOOLS if not shutil.which(t)]
     if missing:
         skip_outside_ci(f"missing {', '.join(missing)}: run ./bootstrap.sh")
-    lab = vagrant.VagrantLab(inv.load(inventory_file(tmp_path_factory.mktemp("vagrant"))),
+    folder = tmp_path_factory.mktemp("vagrant")
+    lab = vagrant.VagrantLab(inv.load(vm_inventory("single.yml", folder)),
                              log=lambda msg: print(msg, flush=True))
     with lab.locked(wait=1800):
         try:
