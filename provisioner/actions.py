@@ -292,6 +292,10 @@ class Run:
             for line in self.probe([n.name for n in nodes]):
                 host, _, why = line.partition(": ")
                 errors.setdefault(host, "lost contact: " + why)
+            for n in nodes:
+                if unanswered := self.ctx.facts[n.name].unanswered():
+                    errors.setdefault(n.name, "cannot tell whether it is done: "
+                                      + "; ".join(unanswered) + " (asked twice)")
         self._stamp(phase, [n for n in done if n.name not in errors], errors)
         if errors:
             raise PhaseFailed(

@@ -1049,6 +1049,8 @@ def status_lines(view: View) -> list[str]:
             out.append(f"  could not read {name}: {why.splitlines()[-1] if why else '?'}")
     unread = [f"{n.name}: {key}: {why}" for n in c.nodes if view.up(n)
               for key, why in sorted((view.facts[n.name].probe_errors or {}).items())]
+    unread += [f"{n.name}: {line}" for n in c.nodes if view.up(n)
+               for line in view.facts[n.name].unanswered()]
     if unread:
         out.append("could not read: " + "; ".join(unread))
     return out

@@ -68,6 +68,14 @@ class Facts:
     texts: dict = field(default_factory=dict)        # path -> text or None (never a key)
     processes: dict = field(default_factory=dict)    # command name -> [state letters]
     sockets: dict = field(default_factory=dict)      # name -> what the unix socket answered, or None
+    # what did not answer even when asked again with RETRY_PATIENCE: "command NAME",
+    # "version NAME", "ip", "systemctl", "cgroup" -> {"argv", "seconds"}; its facts say nothing
+    timed_out: dict = field(default_factory=dict)
+
+    def unanswered(self) -> list[str]:
+        """One line per read that did not answer (see `timed_out`)."""
+        return [f"`{' '.join(t['argv'])}` ({label}) did not answer within {t['seconds']:.0f} s"
+                for label, t in sorted(self.timed_out.items())]
 
     @classmethod
     def from_dict(cls, host: str, data: dict) -> "Facts":
@@ -108,6 +116,11 @@ PROBE_MODULE = "probe.py"   # provisioner/probe.py: the program that runs on eac
 # One argument of a command line is limited to 128 KiB on Linux (MAX_ARG_STRLEN), and the remote
 # shell gets the whole command as one argument: larger parameters go on stdin after the source.
 MAX_PARAMS_ARG = 96 * 1024
+# A host where a read was killed at its deadline is probed again, alone, with every timeout
+# this many times longer: on a loaded or emulated node the reads started together compete for
+# its CPUs, and a read that did not answer must not pass for a "no" (a missing label, a
+# stopped service) that the run would then try to fix.
+RETRY_PATIENCE = 4
 
 
 @functools.lru_cache(maxsize=1)
@@ -172,16 +185,26 @@ def probe(pool, paths_by_host: Mapping[str, Iterable[str]] | None = None, servic
     commands_by_host {host: {name: [argv...]}} -> commands (no shell; each with a 10 s timeout,
     or {name: {"argv": [...], "timeout": s}}; keep it well below `timeout`, which bounds the whole
     probe of a host); extra_by_host {host: {disks, sysctls, texts, processes, sockets}}. Hosts
-    without an entry get empty dicts."""
+    without an entry get empty dicts. A host where a read timed out is probed once more with
+    RETRY_PATIENCE; what still does not answer is in its `timed_out`."""
     paths_by_host, commands_by_host, certs_by_host = paths_by_host or {}, commands_by_host or {}, certs_by_host or {}
     extra_by_host = extra_by_host or {}
     names = list(pool.nodes) if hosts is None else list(hosts)
+    params = {n: params_for(paths_by_host.get(n, []), services, binaries, commands_by_host.get(n),
+                            certs_by_host.get(n, []), extra_by_host.get(n)) for n in names}
+    facts = _probe_round(pool, params, timeout)
+    slow = [n for n, f in facts.items() if f.timed_out]
+    if slow:  # once more, with patience: what answers now is the fact
+        facts.update(_probe_round(pool, {n: {**params[n], "patience": RETRY_PATIENCE}
+                                         for n in slow}, timeout * RETRY_PATIENCE))
+    return facts
+
+
+def _probe_round(pool, params: Mapping[str, dict], timeout: float) -> dict[str, "Facts"]:
     cmd, stdin = {}, {}
-    for n in names:
-        cmd[n], stdin[n] = command_for(params_for(paths_by_host.get(n, []), services, binaries,
-                                                  commands_by_host.get(n), certs_by_host.get(n, []),
-                                                  extra_by_host.get(n)))
-    results = pool.run(cmd, hosts=names, stdin=stdin, timeout=timeout)
+    for n, p in params.items():
+        cmd[n], stdin[n] = command_for(p)
+    results = pool.run(cmd, hosts=list(params), stdin=stdin, timeout=timeout)
     facts = {}
     sudo_failed = getattr(pool, "sudo_errors", {})
     for name, r in results.items():
@@ -205,7 +228,8 @@ def probe(pool, paths_by_host: Mapping[str, Iterable[str]] | None = None, servic
         # when the answer arrived (off by one-way latency, milliseconds on a LAN)
         data["controller_clock"] = r.started + r.seconds
         data["seconds"] = r.seconds
-        for key in ("services", "started", "files", "stats", "certs", "commands") + EXTRA_PARAMS:
+        for key in ("services", "started", "files", "stats", "certs", "commands",
+                    "timed_out") + EXTRA_PARAMS:
             data[key] = data.get(key) or {}
         facts[name] = Facts.from_dict(name, data)
     return facts

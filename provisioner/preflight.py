@@ -120,6 +120,9 @@ def check_host(cluster: Cluster, node: Node, f: Facts) -> list[HostProblem]:
     add = lambda check, msg, fix="", level="error": out.append(HostProblem(node.name, check, msg, fix, level))  # noqa: E731
     kube = node.has(CONTROL_PLANE) or node.has(WORKERS)
 
+    for line in f.unanswered():
+        add("probe", f"{line} (asked twice): the run cannot tell what is there",
+            "see why on the host (load, a hung daemon), then run again")
     if f.os_version not in SUPPORTED_OS.get(f.os_id, ()):
         add("os", f"{f.os_pretty or f.os_id + ' ' + f.os_version} is not supported",
             f"use {SUPPORTED_OS_TEXT}")

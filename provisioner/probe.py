@@ -20,6 +20,10 @@ PARAMS (JSON, every key optional):
     sockets    {name: {"path", "send"}} -> sockets {name: what a unix socket answered}
     commands may carry "limit" (characters kept), "tail" (keep the last ones) and "stderr":
     "stdout" (merged into out).
+    patience   factor               every subprocess's timeout multiplied by it (default 1)
+    (always)                        -> timed_out {"command NAME" | "version NAME" | "ip" |
+                                       "systemctl" | "cgroup": {"argv", "seconds"}}: killed at
+                                       their deadline, so their facts say nothing
 
 Each fact is guarded: a failing read leaves that fact out and adds `probe_errors[key]`, it never
 crashes the probe. Every subprocess is started at once at the beginning and collected at the end,
@@ -52,6 +56,7 @@ COMMAND_TIMEOUT = 10.0     # default for a named command
 VERSION_TIMEOUT = 15.0     # a binary's --version
 SYSTEM_TIMEOUT = 20.0      # ip, systemctl
 OUT_LIMIT = 4000           # characters of a command's stdout kept
+PATIENCE = 1.0             # every timeout is multiplied by it (params "patience")
 READ_LIMIT = 1 << 20       # bytes read from one pipe, or from one certificate file
 VERSION_ARGS = {"kubectl": ["version", "--client"], "kubeadm": ["version", "-o", "short"], "haproxy": ["-v"]}
 SHOW_PROPERTIES = "Id,LoadState,ActiveState,UnitFileState,ActiveEnterTimestamp"
@@ -100,7 +105,8 @@ class Job:
         self.err = bytearray()
         self.timed_out = False
         self.missing = False
-        self.deadline = time.monotonic() + timeout
+        self.timeout = timeout * PATIENCE
+        self.deadline = time.monotonic() + self.timeout
         self.proc: subprocess.Popen[bytes] | None = None
         exe = self.argv[0] if "/" in self.argv[0] else which(self.argv[0], path)
         if exe is None:
@@ -148,12 +154,25 @@ def finish(jobs: list[Job]) -> list[Job]:
                 sel.unregister(key.fileobj)
                 key.fileobj.close()  # type: ignore[union-attr]
 
+    def drain(j: Job) -> None:
+        """Read what is already in j's pipes, without waiting for more."""
+        for key in list(sel.get_map().values()):
+            if key.data[0] is j:
+                os.set_blocking(key.fd, False)
+                try:
+                    while len(key.data[1]) < READ_LIMIT and (chunk := os.read(key.fd, 65536)):
+                        key.data[1].extend(chunk[:READ_LIMIT - len(key.data[1])])
+                except BlockingIOError:
+                    pass
+
     def expire(j: Job) -> None:
         assert j.proc is not None
         if j.proc.poll() is None:   # still running: kill it and everything it started
             j.kill()
             j.timed_out = True
-        close(j)                     # else it exited but a child of it holds the pipe: stop reading
+        else:   # it ended in time (the probe was busy reading files): what it wrote is its answer
+            drain(j)
+        close(j)                     # a child of it may still hold the pipe: stop reading
 
     while sel.get_map():
         now = time.monotonic()
@@ -709,6 +728,8 @@ def sockets(spec: dict[str, Any]) -> tuple[dict[str, str | None], dict[str, str]
 
 def probe(params: dict[str, Any]) -> dict[str, Any]:
     """Every fact, as one JSON-ready dict."""
+    global PATIENCE
+    PATIENCE = float(params.get("patience") or 1)
     out: dict[str, Any] = {}
     errors: dict[str, str] = {}
     units = list(params.get("services", []))
@@ -776,6 +797,11 @@ def probe(params: dict[str, Any]) -> dict[str, Any]:
         guard(out, "commands", lambda: commands_from(cjobs))
     if cgroup is not None:
         guard(out, "cgroup_fs", lambda: cgroup_fs_from(cgroup))
+    labelled = [("ip", ip), ("systemctl", show), ("cgroup", cgroup)]
+    labelled += [("version " + b, j) for b, j in (vjobs or {}).items()]
+    labelled += [("command " + n, j) for n, j in (cjobs or {}).items()]
+    out["timed_out"] = {label: {"argv": j.argv, "seconds": j.timeout}
+                        for label, j in labelled if j is not None and j.timed_out}
     if errors:
         out.setdefault("probe_errors", {}).update(errors)
     out["clock"] = time.time()

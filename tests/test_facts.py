@@ -241,6 +241,25 @@ def test_parameters_too_long_for_a_command_line_go_on_stdin(tmp_path):
     assert sum(v is None for v in f.files.values()) == len(paths) - 1
 
 
+def test_a_read_killed_at_its_deadline_is_asked_again_with_patience(monkeypatch):
+    """A loaded node: what answers the second time (deadlines RETRY_PATIENCE times longer) is
+    the fact; what still does not is in timed_out, never read as a "no"."""
+    pool = LocalPool(["a", "b"])
+    rounds = []
+    run = pool.run
+    monkeypatch.setattr(pool, "run", lambda cmd, hosts, **k: rounds.append(hosts) or run(cmd, hosts, **k))
+    facts = fx.probe(pool, hosts=["a", "b"], commands_by_host={"a": {
+        "slow": {"argv": ["sleep", "2"], "timeout": 1}, "hangs": {"argv": ["sleep", "60"], "timeout": 0.2},
+        "quick": ["echo", "yes"]}})
+    assert rounds == [["a", "b"], ["a"]]   # only the host with a read that did not answer
+    a = facts["a"]
+    assert a.commands == {"slow": {"rc": 0, "out": ""}, "hangs": {"rc": None, "out": ""},
+                          "quick": {"rc": 0, "out": "yes"}}
+    assert a.timed_out == {"command hangs": {"argv": ["sleep", "60"], "seconds": 0.2 * fx.RETRY_PATIENCE}}
+    assert a.unanswered() == ["`sleep 60` (command hangs) did not answer within 1 s"]
+    assert facts["b"].timed_out == {} and facts["b"].unanswered() == []
+
+
 def test_commands_must_be_argv_lists():
     with pytest.raises(ValueError, match="argv"):
         fx.params_for(commands={"readyz": "kubectl get --raw /readyz"})
@@ -269,6 +288,7 @@ def test_new_facts_over_ssh(pool, sshd_hosts, tmp_path):
     assert h1.files[str(conf)] == hashlib.sha256(b"apiVersion: v1\n").hexdigest()
     assert h1.commands == {"echo": {"rc": 0, "out": "ready"}, "fails": {"rc": 1, "out": ""},
                            "missing": {"rc": 127, "out": ""}, "slow": {"rc": None, "out": ""}}
+    assert list(h1.timed_out) == ["command slow"] and h2.timed_out == {}
     assert h1.certs == {str(crt): crt.read_text(), str(key): None}
     assert "PRIVATE KEY" in h1.probe_errors[f"certs[{key}]"]
     assert h1.seconds < 10

@@ -422,6 +422,17 @@ def test_command_whose_child_keeps_the_pipe_open():
     assert res["bg"] == {"rc": 0, "out": "started"}
 
 
+def test_output_of_a_command_that_ended_in_time_is_read_after_its_deadline():
+    """On a slow node the probe may still be reading files when a command's deadline passes:
+    a command that had ended by then has answered, and what it wrote is its answer."""
+    jobs = probe.command_jobs({"said": {"argv": ["echo", "yes"], "timeout": 0.2},
+                               "bg": {"argv": ["sh", "-c", "sleep 30 & echo started"], "timeout": 0.2}})
+    time.sleep(0.6)   # the probe hashing big files meanwhile
+    probe.finish(list(jobs.values()))
+    assert probe.commands_from(jobs) == {"said": {"rc": 0, "out": "yes"}, "bg": {"rc": 0, "out": "started"}}
+    assert not any(j.timed_out for j in jobs.values())
+
+
 def test_probe_runs_commands_and_versions_with_the_rest():
     out = probe.probe({"commands": {"uname": ["uname", "-s"], "false": ["false"]}, "binaries": ["sh-missing-x"],
                        "services": [], "paths": ["/etc/hostname"], "certs": []})
