@@ -204,6 +204,10 @@ def _probe_round(pool, params: Mapping[str, dict], timeout: float) -> dict[str, 
     cmd, stdin = {}, {}
     for n, p in params.items():
         cmd[n], stdin[n] = command_for(p)
+    # the whole probe of a host outlasts its longest read (ctr images ls: 120 s)
+    longest = max((float(c.get("timeout") or 0) * float(p.get("patience") or 1)
+                   for p in params.values() for c in p["commands"].values()), default=0)
+    timeout = max(timeout, longest + 30)
     results = pool.run(cmd, hosts=list(params), stdin=stdin, timeout=timeout)
     facts = {}
     sudo_failed = getattr(pool, "sudo_errors", {})
@@ -212,8 +216,11 @@ def _probe_round(pool, params: Mapping[str, dict], timeout: float) -> dict[str, 
             message, fix = sudo_failed[name]
             facts[name] = Facts(name, reachable=False, error=f"{name}: {message}", sudo_fix=fix)
             continue
-        if r.rc is None:
-            facts[name] = Facts(name, reachable=False, error=r.error, seconds=r.seconds)
+        if r.rc is None:  # lost, or the whole probe passed its deadline (asked again)
+            late = {"probe": {"argv": ["python3", "-"], "seconds": timeout}} \
+                if r.seconds >= timeout else {}
+            facts[name] = Facts(name, reachable=False, error=r.error, seconds=r.seconds,
+                                timed_out=late)
             continue
         try:
             if r.rc != 0:

@@ -260,6 +260,29 @@ def test_a_read_killed_at_its_deadline_is_asked_again_with_patience(monkeypatch)
     assert facts["b"].timed_out == {} and facts["b"].unanswered() == []
 
 
+def test_a_whole_probe_outlasts_its_longest_read_and_is_asked_again_when_it_passes_its_deadline():
+    """The whole probe of a host gets at least its longest read's timeout (the images listing:
+    120 s, above the usual 60); a probe killed at that deadline (an overloaded node) is asked
+    again with patience, like a single read."""
+    from provisioner.ssh import Result
+
+    pool = LocalPool(["a"])
+    calls = []
+    run = pool.run
+
+    def slow_first(cmd, hosts, stdin, timeout):
+        calls.append(timeout)
+        if len(calls) == 1:
+            return {"a": Result(None, seconds=timeout, error=f"a: timed out after {timeout:.0f} s")}
+        return run(cmd, hosts, stdin=stdin, timeout=timeout)
+
+    pool.run = slow_first
+    f = fx.probe(pool, hosts=["a"], commands_by_host={"a": {
+        "images": {"argv": ["echo", "listed"], "timeout": 120}}})["a"]
+    assert calls == [120 + 30, 120 * fx.RETRY_PATIENCE + 30]
+    assert f.reachable and f.commands["images"] == {"rc": 0, "out": "listed"} and f.timed_out == {}
+
+
 def test_commands_must_be_argv_lists():
     with pytest.raises(ValueError, match="argv"):
         fx.params_for(commands={"readyz": "kubectl get --raw /readyz"})
