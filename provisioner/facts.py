@@ -45,7 +45,7 @@ class Facts:
     interfaces: dict = field(default_factory=dict)   # name -> {"mac": str, "addresses": ["ip/len"]}
     listeners: list = field(default_factory=list)    # [{"address", "port", "process"}], TCP LISTEN
     clock: float = 0.0                # host's time.time() when the script ran
-    controller_clock: float = 0.0     # controller's time halfway through the round trip
+    controller_clock: float = 0.0     # controller's time when the answer arrived
     files: dict = field(default_factory=dict)        # path -> sha256 hex or None (missing, not a file)
     services: dict = field(default_factory=dict)     # unit -> {"active": str, "enabled": str}
     versions: dict = field(default_factory=dict)     # binary -> first line of its version, or None

@@ -65,6 +65,13 @@ MINIMAL_ENV = ("HOME", "LANG", "LC_ALL", "LC_CTYPE", "USER", "LOGNAME", "SSH_AUT
                "TMPDIR", "TZ")
 MAX_SOCKET_DIR = 60  # ssh adds its own suffix to ControlPath; a socket path has 108 bytes
 MESSAGE_CHARS = 400
+# A host the probe has just reached that answers slowly is slow, not gone. SSH_TIMEOUT: ssh's
+# ConnectTimeout, and Ansible's wait for sudo to answer (that + 2 s). SSH_RETRIES: how many
+# more times Ansible tries a task whose connection failed (ssh exit 255) or whose sudo did not
+# answer in time; every task is idempotent, so trying one again is safe. On 9 emulated VMs,
+# the first task's ssh + sudo took over 17 s on 1-vCPU guests (15 s was the setting then).
+SSH_TIMEOUT = 30
+SSH_RETRIES = 2
 
 
 @dataclass
@@ -243,7 +250,7 @@ def control_path_dir(state_dir: Path, known_hosts: Path | None = None) -> tuple[
     return Path(tempfile.mkdtemp(prefix="pv-cp-")), True
 
 
-def ansible_env(known_hosts: Path, control_dir: Path, timeout: int = 15) -> dict[str, str]:
+def ansible_env(known_hosts: Path, control_dir: Path, timeout: int = SSH_TIMEOUT) -> dict[str, str]:
     kh = shlex.quote(str(Path(known_hosts).resolve()))
     ssh_args = ("-o ControlMaster=auto -o ControlPersist=60s "
                 f"-o UserKnownHostsFile={kh} -o GlobalKnownHostsFile=/dev/null "
@@ -262,6 +269,7 @@ def ansible_env(known_hosts: Path, control_dir: Path, timeout: int = 15) -> dict
         "ANSIBLE_GATHERING": "explicit",
         "ANSIBLE_RETRY_FILES_ENABLED": "False",
         "ANSIBLE_TIMEOUT": str(timeout),
+        "ANSIBLE_SSH_RETRIES": str(SSH_RETRIES),
         "ANSIBLE_ROLES_PATH": str(PLAYBOOKS / "roles"),
         "ANSIBLE_LIBRARY": str(PLAYBOOKS / "library"),
         "ANSIBLE_NOCOLOR": "1",
@@ -328,7 +336,7 @@ def _tail(path: Path | None, lines: int = 8) -> str:
 def run_playbook(cluster, playbook: str, hosts: list[Node], extravars: dict | None,
                  hostvars: dict[str, dict] | None, state_dir: Path, known_hosts: Path,
                  progress=None, phase: str = "", secrets: dict | None = None,
-                 forks: int | None = None, timeout: int = 15) -> RunResult:
+                 forks: int | None = None, timeout: int = SSH_TIMEOUT) -> RunResult:
     """Run `playbook` (a name under playbooks/ or an absolute path) on `hosts` only.
 
     Returns RunResult; never raises for task failures or unreachable hosts (those are data).

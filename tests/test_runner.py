@@ -3,6 +3,7 @@ ansible-playbook runs over real SSH, nothing mocked."""
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import os
 import json
@@ -110,6 +111,28 @@ def test_unreachable_host_is_reported(sshd_hosts, env):  # noqa: F811
     assert result.per_host["h1"]["ok"] == 1 and result.per_host["h2"]["ok"] == 1
     assert [f[0] for f in result.failures] == ["dead"]
     assert result.failures[0][2].startswith("unreachable: ")
+
+
+def test_a_sudo_that_does_not_answer_in_time_is_tried_again(sshd_hosts, env, tmp_path):  # noqa: F811
+    """The first sudo on a host hangs past Ansible's wait for it (on a slow guest: sshd, sudo
+    and python3 starting under load); the task is tried again and the host is not lost."""
+    state, known = env
+    marker = tmp_path / "slow-once"
+    slow_sudo = tmp_path / "slow-sudo"  # a host's sudo that is slow once (sshd hosts run as root)
+    slow_sudo.write_text(f"""#!/bin/sh
+[ -e {marker} ] || {{ touch {marker}; sleep 12; }}
+while [ "$#" -gt 0 ]; do case "$1" in -u) shift 2 ;; -*) shift ;; *) break ;; esac; done
+exec "$@"
+""")
+    slow_sudo.chmod(0o755)
+    node = dataclasses.replace(nodes_of(sshd_hosts[:1])[0], become=True)
+    # become to another user than root: Ansible skips becoming the user it logged in as
+    become = {"ansible_become_exe": str(slow_sudo), "ansible_become_user": "nobody"}
+    result = runner.run_playbook(None, "00-ping.yml", [node], {}, {node.name: become},
+                                 state, known, phase="ping", timeout=5)
+    assert marker.exists()  # the first sudo ran, and Ansible gave up waiting for it
+    assert result.ok, result.failures
+    assert result.per_host[node.name]["ok"] == 1
 
 
 def test_host_missing_from_known_hosts_is_refused(sshd_hosts, tmp_path, tmp_path_factory):  # noqa: F811

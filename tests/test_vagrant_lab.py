@@ -100,15 +100,8 @@ def test_vms_run_their_own_kernel_as_vagrant_with_sudo(vm_lab):
 KUBE_PHASES = {"control-plane", "join-workers", "cni", "addons", "node-meta", "kubeconfig"}
 
 
-def synced(lab) -> None:
-    """Emulated guests' clocks drift by seconds while the host is loaded (no time server in
-    the lab): set them again from the host before preflight compares them."""
-    for name in NODES:
-        lab.set_clock(name)
-
-
 def test_up_as_vagrant_prepares_real_kernels(vm_lab, bundle):
-    synced(vm_lab)
+    vm_lab.set_clocks()  # emulated guests drift: right before preflight compares clocks
     problems, facts = actions.check(vm_lab.cluster)
     assert [f.cgroup_v2 for f in facts.values()] == [True, True]
     assert not preflight.has_errors(problems), problems
@@ -144,7 +137,7 @@ def test_up_as_vagrant_prepares_real_kernels(vm_lab, bundle):
 
 
 def test_rerun_is_a_no_op(vm_lab, bundle):
-    synced(vm_lab)
+    vm_lab.set_clocks()  # emulated guests drift: right before preflight compares clocks
     started = time.monotonic()
     work = {p.title: w for p, w in actions.up(vm_lab.cluster, bundle_dir=str(bundle)) if w}
     print(f"\nno-op rerun on 2 VMs: {time.monotonic() - started:.0f} s")
