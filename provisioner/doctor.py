@@ -81,10 +81,10 @@ def extras(c: Cluster, node: Node, deep: bool = False, config_paths: Iterable[st
     more: dict = {"disks": list(DISKS), "sysctls": list(SYSCTLS), "texts": ["/etc/resolv.conf"],
                   "processes": list(PROCESSES)}
     if node in etcd.members(c) and etcd_read(c):
-        cmds[ETCD_STATUS] = {"argv": etcd.etcdctl(c, node, "endpoint", "status", "-w", "json"),
+        cmds[ETCD_STATUS] = {**etcd.read(c, node, "endpoint", "status", "-w", "json"),
                              "stderr": "stdout"}   # its error says why a member is down
-        cmds[ETCD_ALARMS] = etcd.etcdctl(c, node, "alarm", "list")
-        cmds[ETCD_MEMBERS] = etcd.etcdctl(c, node, "member", "list", "-w", "json")
+        cmds[ETCD_ALARMS] = etcd.read(c, node, "alarm", "list")
+        cmds[ETCD_MEMBERS] = etcd.read(c, node, "member", "list", "-w", "json")
     if node in c.lb_nodes and "haproxy" in c.lb_units:
         more["sockets"] = {"haproxy": {"path": paths.HAPROXY_STATS_SOCKET, "send": "show stat\n"}}
     if node in c.kube_nodes:

@@ -73,13 +73,23 @@ def initial_cluster(c: Cluster) -> str:
     return ",".join(f"{n.name}={peer_url(n)}" for n in members(c))
 
 
-def etcdctl(c: Cluster, node: Node, *args: str, timeout: str = "3s") -> list[str]:
+def etcdctl(c: Cluster, node: Node, *args: str, timeout: str | None = "3s") -> list[str]:
     """argv of etcdctl on `node`, talking to its own member over mutual TLS with the
     healthcheck-client certificate (external: the provisioner's; stacked: kubeadm's)."""
     pki = pki_dir(c)
+    deadlines = ["--dial-timeout", timeout, "--command-timeout", timeout] if timeout else []
     return ["etcdctl", "--endpoints", client_url(node), "--cacert", f"{pki}/ca.crt",
             "--cert", f"{pki}/healthcheck-client.crt", "--key", f"{pki}/healthcheck-client.key",
-            "--dial-timeout", timeout, "--command-timeout", timeout, *args]
+            *deadlines, *args]
+
+
+def read(c: Cluster, node: Node, *args: str) -> dict:
+    """A facts probe command reading etcd on `node`. etcdctl's own deadline (3 s) says a member
+    that cannot commit a read is unhealthy; on a busy member that is no answer yet: the probe
+    asks again with patience, giving etcdctl 4 times as long, and what it says then stands."""
+    return {"argv": etcdctl(c, node, *args, timeout=None),
+            "own_deadline": {"seconds": 3, "args": ["--dial-timeout={:.0f}s",
+                                                    "--command-timeout={:.0f}s"]}}
 
 
 # -- IDs, as etcd computes them (server/etcdserver/api/membership: computeMemberId, genID) ---
@@ -164,8 +174,8 @@ def probes(c: Cluster, node: Node) -> dict:
     return {"paths": [APISERVER_MANIFEST, f"{ASIDE_DIR}/kube-apiserver.yaml", STACKED_MANIFEST,
                       f"{ASIDE_DIR}/etcd.yaml", RESTORE_SNAPSHOT],
             "commands": {
-                STATUS: etcdctl(c, node, "endpoint", "status", "-w", "json"),
-                HEALTHY: etcdctl(c, node, "endpoint", "health"),
+                STATUS: read(c, node, "endpoint", "status", "-w", "json"),
+                HEALTHY: read(c, node, "endpoint", "health"),
                 WAL: ["python3", "-c", WAL_SCRIPT, paths.ETCD_DATA],
                 TOOLS: ["sh", "-c", "for t in etcdutl etcdctl; do command -v $t; done; true"]}}
 

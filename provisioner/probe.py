@@ -18,12 +18,16 @@ PARAMS (JSON, every key optional):
     texts      [path]               -> texts {path: text or None}; never a file holding a key
     processes  [command name]       -> processes {name: [state letter of each such process]}
     sockets    {name: {"path", "send"}} -> sockets {name: what a unix socket answered}
-    commands may carry "limit" (characters kept), "tail" (keep the last ones) and "stderr":
-    "stdout" (merged into out).
+    commands may carry "limit" (characters kept), "tail" (keep the last ones), "stderr":
+    "stdout" (merged into out) and "own_deadline": {"seconds": s, "args": ["--flag={:.0f}s"]},
+    the tool's own deadline (etcdctl's), given as those arguments and patient like the probe.
     patience   factor               every subprocess's timeout multiplied by it (default 1)
     (always)                        -> timed_out {"command NAME" | "version NAME" | "ip" |
                                        "systemctl" | "cgroup": {"argv", "seconds"}}: killed at
-                                       their deadline, so their facts say nothing
+                                       their deadline, so their facts say nothing; or, asked
+                                       without patience, failed at their own deadline (a quorum
+                                       read on a busy member): asked again with patience, what
+                                       such a command says is its answer
 
 Each fact is guarded: a failing read leaves that fact out and adds `probe_errors[key]`, it never
 crashes the probe. Every subprocess is started at once at the beginning and collected at the end,
@@ -98,15 +102,21 @@ class Job:
     """
 
     def __init__(self, argv: list[str], timeout: float, stderr: str = "null", path: str = PATH,
-                 env: dict[str, str] | None = None) -> None:
+                 env: dict[str, str] | None = None, own_deadline: dict | None = None) -> None:
         self.argv = list(argv)
+        self.own_seconds = float("inf")
+        if own_deadline:  # the tool's own deadline, patient like ours
+            self.own_seconds = own_deadline["seconds"] * PATIENCE
+            self.argv += [a.format(self.own_seconds) for a in own_deadline["args"]]
         self.rc: int | None = None
         self.out = bytearray()
         self.err = bytearray()
         self.timed_out = False
         self.missing = False
         self.timeout = timeout * PATIENCE
-        self.deadline = time.monotonic() + self.timeout
+        self.started = time.monotonic()
+        self.ended = self.started   # when its output closed (or it was seen to have ended)
+        self.deadline = self.started + self.timeout
         self.proc: subprocess.Popen[bytes] | None = None
         exe = self.argv[0] if "/" in self.argv[0] else which(self.argv[0], path)
         if exe is None:
@@ -172,6 +182,7 @@ def finish(jobs: list[Job]) -> list[Job]:
             j.timed_out = True
         else:   # it ended in time (the probe was busy reading files): what it wrote is its answer
             drain(j)
+            j.ended = time.monotonic()
         close(j)                     # a child of it may still hold the pipe: stop reading
 
     while sel.get_map():
@@ -188,6 +199,7 @@ def finish(jobs: list[Job]) -> list[Job]:
             if not chunk:
                 sel.unregister(key.fileobj)
                 key.fileobj.close()  # type: ignore[union-attr]
+                j.ended = time.monotonic()
             elif len(buf) < READ_LIMIT:
                 buf += chunk[:READ_LIMIT - len(buf)]
     sel.close()
@@ -196,6 +208,8 @@ def finish(jobs: list[Job]) -> list[Job]:
         if not j.timed_out:
             try:
                 j.rc = j.proc.wait(timeout=max(0.0, j.deadline - time.monotonic()))
+                # failed at its own deadline, asked without patience: no answer yet, not a "no"
+                j.timed_out = bool(j.rc) and PATIENCE == 1 and j.ended - j.started >= j.own_seconds
                 continue
             except subprocess.TimeoutExpired:   # closed its output but did not exit
                 j.kill()
@@ -557,7 +571,8 @@ def command_jobs(commands: dict[str, Any], path: str = PATH) -> dict[str, Job]:
         else:
             argv, timeout = spec, COMMAND_TIMEOUT
         stderr = spec.get("stderr", "null") if isinstance(spec, dict) else "null"
-        jobs[name] = Job([str(a) for a in argv], timeout, stderr=stderr, path=path)
+        own = spec.get("own_deadline") if isinstance(spec, dict) else None
+        jobs[name] = Job([str(a) for a in argv], timeout, stderr=stderr, path=path, own_deadline=own)
         if isinstance(spec, dict):
             jobs[name].limit = int(spec.get("limit") or OUT_LIMIT)   # type: ignore[attr-defined]
             jobs[name].tail = bool(spec.get("tail"))                 # type: ignore[attr-defined]
@@ -800,7 +815,7 @@ def probe(params: dict[str, Any]) -> dict[str, Any]:
     labelled = [("ip", ip), ("systemctl", show), ("cgroup", cgroup)]
     labelled += [("version " + b, j) for b, j in (vjobs or {}).items()]
     labelled += [("command " + n, j) for n, j in (cjobs or {}).items()]
-    out["timed_out"] = {label: {"argv": j.argv, "seconds": j.timeout}
+    out["timed_out"] = {label: {"argv": j.argv, "seconds": min(j.timeout, j.own_seconds)}
                         for label, j in labelled if j is not None and j.timed_out}
     if errors:
         out.setdefault("probe_errors", {}).update(errors)

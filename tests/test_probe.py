@@ -433,6 +433,22 @@ def test_output_of_a_command_that_ended_in_time_is_read_after_its_deadline():
     assert not any(j.timed_out for j in jobs.values())
 
 
+def test_a_tool_that_gives_up_at_its_own_deadline_is_asked_again_with_patience():
+    """etcdctl's own --command-timeout ends a quorum read on a busy member with "unhealthy":
+    asked without patience, that is no answer yet; asked with patience, it is the answer."""
+    gives_up = 'sleep "${1%s}"; echo "context deadline exceeded" >&2; exit 1'  # like etcdctl
+    commands = {"health": {"argv": ["sh", "-c", gives_up, "etcdctl"], "timeout": 5,
+                           "own_deadline": {"seconds": 0.3, "args": ["{:.1f}s"]}},
+                "refused": {"argv": ["sh", "-c", "exit 1", "sh", "{:.1f}s"]}}  # a quick "no"
+    first = probe.probe({"commands": commands})
+    assert first["commands"]["health"]["rc"] == 1
+    assert first["timed_out"] == {"command health": {
+        "argv": ["sh", "-c", gives_up, "etcdctl", "0.3s"], "seconds": 0.3}}
+    patient = probe.probe({"commands": commands, "patience": 4})
+    assert patient["commands"]["health"]["rc"] == 1 and patient["timed_out"] == {}
+    assert patient["commands"]["refused"]["rc"] == 1
+
+
 def test_probe_runs_commands_and_versions_with_the_rest():
     out = probe.probe({"commands": {"uname": ["uname", "-s"], "false": ["false"]}, "binaries": ["sh-missing-x"],
                        "services": [], "paths": ["/etc/hostname"], "certs": []})

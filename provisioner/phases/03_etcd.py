@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import time
 
-from .. import paths
+from .. import etcd, paths
 from ..render import template
 from .base import Item, Phase, service_running
 
@@ -25,18 +25,6 @@ HEALTH = "etcd-health"
 MEMBERS = "etcd-members"
 SAYS_EXISTING = "etcd-config-existing"
 MEMBER_ADD_WAIT = 60  # seconds etcd may call the cluster unhealthy after a restart
-
-
-def etcdctl(node, *args: str) -> list[str]:
-    """argv of etcdctl against `node`'s own client URL, with the health check client cert."""
-    pki = paths.ETCD_PKI
-    return ["etcdctl", "--endpoints", f"https://{node.address}:{paths.ETCD_CLIENT_PORT}",
-            "--cacert", f"{pki}/ca.crt", "--cert", f"{pki}/healthcheck-client.crt",
-            "--key", f"{pki}/healthcheck-client.key", "--command-timeout", "3s", *args]
-
-
-def peer_url(node) -> str:
-    return f"https://{node.address}:{paths.ETCD_PEER_PORT}"
 
 
 def membership(ctx, skip=()) -> list[dict] | None:
@@ -57,7 +45,7 @@ def membership(ctx, skip=()) -> list[dict] | None:
 
 def member_of(members: list[dict] | None, node) -> dict | None:
     for m in members or ():
-        if peer_url(node) in (m.get("peerURLs") or ()):
+        if etcd.peer_url(node) in (m.get("peerURLs") or ()):
             return m
     return None
 
@@ -104,8 +92,8 @@ class Etcd(Phase):
 
     def probes(self, c, node):
         return {"commands": {
-            HEALTH: etcdctl(node, "endpoint", "health"),
-            MEMBERS: etcdctl(node, "member", "list", "-w", "json"),
+            HEALTH: etcd.read(c, node, "endpoint", "health"),
+            MEMBERS: etcd.read(c, node, "member", "list", "-w", "json"),
             SAYS_EXISTING: ["sed", "-n", "s/^initial-cluster-state: *//p", paths.ETCD_CONF]}}
 
     def checks(self, ctx, node):
@@ -141,7 +129,8 @@ class Etcd(Phase):
         if not member_of(membership(ctx, skip=(node.name,)), node):
             if run.progress is not None:
                 run.progress.step(node.name, self.title, f"etcdctl member add (via {via.name})")
-            argv = etcdctl(via, "member", "add", node.name, f"--peer-urls={peer_url(node)}")
+            argv = etcd.etcdctl(ctx.cluster, via, "member", "add", node.name,
+                                f"--peer-urls={etcd.peer_url(node)}")
             deadline = time.monotonic() + MEMBER_ADD_WAIT
             while True:
                 res = run.pool.run(" ".join(argv), hosts=[via.name])[via.name]

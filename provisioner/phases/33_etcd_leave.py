@@ -8,11 +8,12 @@ from __future__ import annotations
 import json
 from importlib import import_module
 
+from ..etcd import etcdctl, peer_url
 from .removal_base import Removal, remaining
 
 
 def etcd():
-    """The etcd phase's module (03_etcd): its probes, member list and etcdctl argv."""
+    """The etcd phase's module (03_etcd): its probes and member list."""
     return import_module(f"{__package__}.03_etcd")
 
 
@@ -41,8 +42,7 @@ class EtcdLeave(Removal):
             yield f"etcdctl member remove {self.target.name} (on {node.name})"
 
     def hostvars(self, ctx, node):
-        return {"leaving_peer_url": etcd().peer_url(self.target),
-                "etcdctl": etcd().etcdctl(node)}
+        return {"leaving_peer_url": peer_url(self.target), "etcdctl": etcdctl(ctx.cluster, node)}
 
 
 PHASE = EtcdLeave()
