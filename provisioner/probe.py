@@ -19,8 +19,8 @@ PARAMS (JSON, every key optional):
     processes  [command name]       -> processes {name: [state letter of each such process]}
     sockets    {name: {"path", "send"}} -> sockets {name: what a unix socket answered}
     commands may carry "limit" (characters kept), "tail" (keep the last ones), "stderr":
-    "stdout" (merged into out) and "own_deadline": {"seconds": s, "args": ["--flag={:.0f}s"]},
-    the tool's own deadline (etcdctl's), given as those arguments and patient like the probe.
+    "stdout" (merged into out) and "own_deadline": {"--flag={:.0f}s": seconds, ...}, the
+    tool's own deadlines (etcdctl's), given as those arguments and patient like the probe.
     patience   factor               every subprocess's timeout multiplied by it (default 1)
     (always)                        -> timed_out {"command NAME" | "version NAME" | "ip" |
                                        "systemctl" | "cgroup": {"argv", "seconds"}}: killed at
@@ -105,9 +105,9 @@ class Job:
                  env: dict[str, str] | None = None, own_deadline: dict | None = None) -> None:
         self.argv = list(argv)
         self.own_seconds = float("inf")
-        if own_deadline:  # the tool's own deadline, patient like ours
-            self.own_seconds = own_deadline["seconds"] * PATIENCE
-            self.argv += [a.format(self.own_seconds) for a in own_deadline["args"]]
+        if own_deadline:  # the tool's own deadlines, patient like ours; it gave up at the longest
+            self.argv += [arg.format(s * PATIENCE) for arg, s in own_deadline.items()]
+            self.own_seconds = max(own_deadline.values()) * PATIENCE
         self.rc: int | None = None
         self.out = bytearray()
         self.err = bytearray()

@@ -438,15 +438,16 @@ def test_a_tool_that_gives_up_at_its_own_deadline_is_asked_again_with_patience()
     asked without patience, that is no answer yet; asked with patience, it is the answer."""
     gives_up = 'sleep "${1%s}"; echo "context deadline exceeded" >&2; exit 1'  # like etcdctl
     commands = {"health": {"argv": ["sh", "-c", gives_up, "etcdctl"], "timeout": 5,
-                           "own_deadline": {"seconds": 0.3, "args": ["{:.1f}s"]}},
-                "refused": {"argv": ["sh", "-c", "exit 1", "sh", "{:.1f}s"]}}  # a quick "no"
+                           "own_deadline": {"{:.1f}s": 0.3}},
+                "refused": {"argv": ["sh", "-c", "exit 1", "etcdctl"],  # a quick "no" stands
+                            "own_deadline": {"--dial-timeout={:.1f}s": 0.1, "{:.1f}s": 0.3}}}
     first = probe.probe({"commands": commands})
     assert first["commands"]["health"]["rc"] == 1
+    assert first["commands"]["refused"]["rc"] == 1
     assert first["timed_out"] == {"command health": {
         "argv": ["sh", "-c", gives_up, "etcdctl", "0.3s"], "seconds": 0.3}}
     patient = probe.probe({"commands": commands, "patience": 4})
     assert patient["commands"]["health"]["rc"] == 1 and patient["timed_out"] == {}
-    assert patient["commands"]["refused"]["rc"] == 1
 
 
 def test_probe_runs_commands_and_versions_with_the_rest():
