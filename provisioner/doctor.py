@@ -1159,7 +1159,8 @@ def bundle(view: View, found: list[Finding], extra: dict, out_dir: Path, status:
     files["versions.txt"] = "\n".join(versions) + "\n"
     files["disk.txt"] = "\n".join(disks) + "\n"
     files["memory.txt"] = "\n".join(memory) + "\n"
-    files["clocks.txt"] = "offset of each host's clock from the controller's\n" + "\n".join(clocks) + "\n"
+    files["clocks.txt"] = ("offset of each host's clock from the controller's, at least (0: within "
+                           "the time its answer took)\n" + "\n".join(clocks) + "\n")
     k = view.kube
     if k is None:
         files["kube/unread.txt"] = view.kube_why + "\n"

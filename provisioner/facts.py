@@ -44,7 +44,7 @@ class Facts:
     init: str = ""                    # command name of PID 1 ("systemd" on a supported host)
     interfaces: dict = field(default_factory=dict)   # name -> {"mac": str, "addresses": ["ip/len"]}
     listeners: list = field(default_factory=list)    # [{"address", "port", "process"}], TCP LISTEN
-    clock: float = 0.0                # host's time.time() when the script ran
+    clock: float = 0.0                # host's time.time() when the probe had read the rest
     controller_clock: float = 0.0     # controller's time when the answer arrived
     files: dict = field(default_factory=dict)        # path -> sha256 hex or None (missing, not a file)
     services: dict = field(default_factory=dict)     # unit -> {"active": str, "enabled": str}
@@ -71,6 +71,8 @@ class Facts:
     # what did not answer even when asked again with RETRY_PATIENCE: "command NAME",
     # "version NAME", "ip", "systemctl", "cgroup" -> {"argv", "seconds"}; its facts say nothing
     timed_out: dict = field(default_factory=dict)
+    clock_ran: float = 0.0            # seconds the probe had run when it read `clock`
+    controller_sent: float = 0.0      # controller's time when it sent the probe
 
     def unanswered(self) -> list[str]:
         """One line per read that did not answer (see `timed_out`)."""
@@ -93,8 +95,14 @@ class Facts:
 
     @property
     def skew(self) -> float:
-        """Seconds the host's clock is ahead of the controller's (negative: behind)."""
-        return self.clock - self.controller_clock
+        """How far the host's clock is off the controller's at least, in seconds (positive:
+        ahead). The host read it after the controller sent the probe and the probe ran
+        `clock_ran` seconds, and before the answer arrived: a reading inside that window is 0
+        (a slow answer is no clock off); outside, the distance to the window."""
+        earliest = self.controller_sent + self.clock_ran if self.controller_sent else self.controller_clock
+        if self.clock > self.controller_clock:
+            return self.clock - self.controller_clock
+        return min(0.0, self.clock - earliest)
 
     @property
     def addresses(self) -> list[str]:
@@ -231,9 +239,8 @@ def _probe_round(pool, params: Mapping[str, dict], timeout: float) -> dict[str, 
             why = "python3 is missing" if r.rc == 127 else f"facts script failed: {e}"
             facts[name] = Facts(name, reachable=False, error=f"{name}: {why}", seconds=r.seconds)
             continue
-        # the host read its clock just before printing: compare with the controller's clock
-        # when the answer arrived (off by one-way latency, milliseconds on a LAN)
-        data["controller_clock"] = r.started + r.seconds
+        # the host read its clock between these two (see Facts.skew)
+        data["controller_sent"], data["controller_clock"] = r.started, r.started + r.seconds
         data["seconds"] = r.seconds
         for key in ("services", "started", "files", "stats", "certs", "commands",
                     "timed_out") + EXTRA_PARAMS:

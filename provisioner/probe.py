@@ -745,6 +745,7 @@ def probe(params: dict[str, Any]) -> dict[str, Any]:
     """Every fact, as one JSON-ready dict."""
     global PATIENCE
     PATIENCE = float(params.get("patience") or 1)
+    began = time.monotonic()
     out: dict[str, Any] = {}
     errors: dict[str, str] = {}
     units = list(params.get("services", []))
@@ -820,6 +821,7 @@ def probe(params: dict[str, Any]) -> dict[str, Any]:
     if errors:
         out.setdefault("probe_errors", {}).update(errors)
     out["clock"] = time.time()
+    out["clock_ran"] = time.monotonic() - began   # the controller bounds when it was read
     return out
 
 

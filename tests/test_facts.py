@@ -54,7 +54,7 @@ def test_probe_matches_this_machine(pool, sshd_hosts, tmp_path):
         assert f.cpus == len(os.sched_getaffinity(0))
         assert abs(f.mem_mb - os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 2**20) <= 1
         assert f.init == open("/proc/1/comm").read().strip()
-        assert abs(f.skew) < 1.0
+        assert abs(f.skew) < 1.0 and 0 < f.clock_ran < f.seconds
         assert "127.0.0.1/8" in f.interfaces["lo"]["addresses"]
         # every test server is listening, held by sshd
         for other in sshd_hosts:
@@ -281,6 +281,17 @@ def test_a_whole_probe_outlasts_its_longest_read_and_is_asked_again_when_it_pass
         "images": {"argv": ["echo", "listed"], "timeout": 120}}})["a"]
     assert calls == [120 + 30, 120 * fx.RETRY_PATIENCE + 30]
     assert f.reachable and f.commands["images"] == {"rc": 0, "out": "listed"} and f.timed_out == {}
+
+
+@pytest.mark.parametrize("clock, skew", [
+    (1000.3, 0.0),     # read while the answer was on its way (sent 995, ran 5 s, back 1002)
+    (1001.9, 0.0),     # a slow answer: 2 s in the window is no clock off
+    (1004.5, 2.5),     # after the answer arrived: ahead by at least that
+    (996.0, -4.0),     # before the probe could have read it: behind by at least that
+])
+def test_the_clock_is_off_by_what_the_answers_window_cannot_explain(clock, skew):
+    f = fx.Facts("h", clock=clock, controller_sent=995.0, clock_ran=5.0, controller_clock=1002.0)
+    assert f.skew == pytest.approx(skew)
 
 
 def test_commands_must_be_argv_lists():
