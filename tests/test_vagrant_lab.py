@@ -101,7 +101,7 @@ KUBE_PHASES = {"control-plane", "join-workers", "cni", "addons", "node-meta", "k
 
 
 def test_up_as_vagrant_prepares_real_kernels(vm_lab, bundle):
-    vm_lab.set_clocks()  # emulated guests drift: right before preflight compares clocks
+    vm_lab.set_clocks()  # no time server in the lab: right before preflight compares clocks
     problems, facts = actions.check(vm_lab.cluster)
     assert [f.cgroup_v2 for f in facts.values()] == [True, True]
     assert not preflight.has_errors(problems), problems
@@ -137,7 +137,7 @@ def test_up_as_vagrant_prepares_real_kernels(vm_lab, bundle):
 
 
 def test_rerun_is_a_no_op(vm_lab, bundle):
-    vm_lab.set_clocks()  # emulated guests drift: right before preflight compares clocks
+    vm_lab.set_clocks()  # no time server in the lab: right before preflight compares clocks
     started = time.monotonic()
     work = {p.title: w for p, w in actions.up(vm_lab.cluster, bundle_dir=str(bundle)) if w}
     print(f"\nno-op rerun on 2 VMs: {time.monotonic() - started:.0f} s")
