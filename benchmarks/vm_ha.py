@@ -78,14 +78,7 @@ def main() -> None:
             lab.set_clocks()
             started = time.monotonic()
             try:
-                try:
-                    done = up(lab, bundle, phases)
-                except UserError as e:
-                    if "nothing was changed" not in str(e) or " clock: " not in str(e):
-                        raise
-                    print(f"preflight: {e}\n(clocks drifted: set again, once)")
-                    lab.set_clocks()
-                    done = up(lab, bundle, phases)
+                done = up(lab, bundle, phases)
             except UserError as e:  # said; the rerun should finish the job, then the failover
                 print(f"{attempt} failed after {time.monotonic() - started:.0f} s: {e}")
                 continue

@@ -448,6 +448,7 @@ def test_a_tool_that_gives_up_at_its_own_deadline_is_asked_again_with_patience()
         "argv": ["sh", "-c", gives_up, "etcdctl", "0.3s"], "seconds": 0.3}}
     patient = probe.probe({"commands": commands, "patience": 4})
     assert patient["commands"]["health"]["rc"] == 1 and patient["timed_out"] == {}
+    assert patient["commands"]["refused"]["rc"] == 1
 
 
 def test_probe_runs_commands_and_versions_with_the_rest():
